@@ -1,0 +1,31 @@
+# One-command entry points. Each target creates the virtual environment itself.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL_DIR ?= /tmp/t5x_instruct_quickstart
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint quickstart bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+lint: setup
+	$(PY) -m ruff check t5x_instruct tasks tests tools
+
+test: setup lint
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
+		$(PY) -m pytest -q $(PYTEST_ARGS)
+
+quickstart: setup
+	JAX_PLATFORMS=cpu $(PY) -m t5x_instruct.train \
+		--gin_file=gin/runs/quickstart.gin \
+		--gin.MODEL_DIR="'$(MODEL_DIR)'"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

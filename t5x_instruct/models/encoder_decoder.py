@@ -1,0 +1,346 @@
+"""T5 v1.1 / Flan-T5 encoder-decoder in Flax NNX.
+
+Pre-norm RMSNorm blocks, gated-GELU MLP, a shared bucketed relative position bias per stack,
+shared input embedding, optional untied output projection, and a KV-cache decode path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gin
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from t5x_instruct.kernels import AttentionMask, RelativeBias
+from t5x_instruct.layers import (
+    Attention,
+    DenseGeneral,
+    Embed,
+    GatedMLP,
+    LayerStack,
+    RelativePositionBias,
+    RMSNorm,
+    dropout,
+    dtype_from_name,
+    init_kv_cache,
+)
+from t5x_instruct.layers.params import constrain, fan_in_init
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """Shapes and numerics of a T5 v1.1 model (defaults: T5 v1.1 small)."""
+
+    vocab_size: int = 32128
+    emb_dim: int = 512
+    num_heads: int = 6
+    head_dim: int = 64
+    mlp_dim: int = 1024
+    num_encoder_layers: int = 8
+    num_decoder_layers: int = 8
+    mlp_activation: str = "gelu"
+    dropout_rate: float = 0.0
+    logits_via_embedding: bool = False
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    dtype: str = "float32"
+    scan_layers: bool = False
+    remat_policy: str = "none"
+    attention_impl: str = "xla"
+
+    def __post_init__(self) -> None:
+        if self.emb_dim <= 0 or self.num_heads <= 0 or self.head_dim <= 0:
+            raise ValueError(f"T5Config has non-positive sizes: {self}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"T5Config.dropout_rate={self.dropout_rate} must be in [0, 1).")
+
+
+@struct.dataclass
+class _EncoderCtx:
+    mask: AttentionMask
+    bias: RelativeBias
+    deterministic: bool = struct.field(pytree_node=False)
+
+
+@struct.dataclass
+class _DecoderCtx:
+    self_mask: AttentionMask
+    cross_mask: AttentionMask
+    bias: RelativeBias
+    encoded: jax.Array | None
+    decode_index: jax.Array | None
+    deterministic: bool = struct.field(pytree_node=False)
+
+
+def _split(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
+    if rng is None:
+        return [None] * n
+    return list(jax.random.split(rng, n))
+
+
+class EncoderLayer(nnx.Module):
+    def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs) -> None:
+        dtype = dtype_from_name(cfg.dtype)
+        self.dropout_rate = cfg.dropout_rate
+        self.pre_attention_layer_norm = RMSNorm(cfg.emb_dim, epsilon=cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
+        self.attention = _t5_attention(cfg, dtype, rngs)
+        self.pre_mlp_layer_norm = RMSNorm(cfg.emb_dim, epsilon=cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
+        self.mlp = GatedMLP(
+            cfg.emb_dim, cfg.mlp_dim, activation=cfg.mlp_activation,
+            dropout_rate=cfg.dropout_rate, dtype=dtype, rngs=rngs,
+        )
+
+    def __call__(self, x: jax.Array, ctx: _EncoderCtx, cache: Any, rng: jax.Array | None):
+        det = ctx.deterministic
+        r = _split(rng, 4)
+        h = self.pre_attention_layer_norm(x)
+        h, _ = self.attention(h, h, ctx.mask, bias=ctx.bias, deterministic=det, dropout_rng=r[0])
+        x = x + dropout(h, self.dropout_rate, r[1], deterministic=det)
+        h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=det, dropout_rng=r[2])
+        x = x + dropout(h, self.dropout_rate, r[3], deterministic=det)
+        return constrain(x, ("batch", "length", "embed")), cache
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs) -> None:
+        dtype = dtype_from_name(cfg.dtype)
+        eps = cfg.layer_norm_epsilon
+        self.dropout_rate = cfg.dropout_rate
+        self.pre_self_attention_layer_norm = RMSNorm(cfg.emb_dim, epsilon=eps, dtype=dtype, rngs=rngs)
+        self.self_attention = _t5_attention(cfg, dtype, rngs)
+        self.pre_cross_attention_layer_norm = RMSNorm(cfg.emb_dim, epsilon=eps, dtype=dtype, rngs=rngs)
+        self.encoder_decoder_attention = _t5_attention(cfg, dtype, rngs)
+        self.pre_mlp_layer_norm = RMSNorm(cfg.emb_dim, epsilon=eps, dtype=dtype, rngs=rngs)
+        self.mlp = GatedMLP(
+            cfg.emb_dim, cfg.mlp_dim, activation=cfg.mlp_activation,
+            dropout_rate=cfg.dropout_rate, dtype=dtype, rngs=rngs,
+        )
+
+    def __call__(self, x: jax.Array, ctx: _DecoderCtx, cache: Any, rng: jax.Array | None):
+        det = ctx.deterministic
+        r = _split(rng, 7)
+        h = self.pre_self_attention_layer_norm(x)
+        h, self_cache = self.self_attention(
+            h, h, ctx.self_mask, bias=ctx.bias,
+            cache=None if cache is None else cache["self"],
+            decode_index=ctx.decode_index, deterministic=det, dropout_rng=r[0],
+        )
+        x = x + dropout(h, self.dropout_rate, r[1], deterministic=det)
+        h = self.pre_cross_attention_layer_norm(x)
+        h, _ = self.encoder_decoder_attention(
+            h, ctx.encoded, ctx.cross_mask,
+            cache=None if cache is None else cache["cross"], static_kv=cache is not None,
+            deterministic=det, dropout_rng=r[2],
+        )
+        x = x + dropout(h, self.dropout_rate, r[3], deterministic=det)
+        h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=det, dropout_rng=r[4])
+        x = x + dropout(h, self.dropout_rate, r[5], deterministic=det)
+        new_cache = None if cache is None else {"self": self_cache, "cross": cache["cross"]}
+        return constrain(x, ("batch", "length", "embed")), new_cache
+
+
+def _t5_attention(cfg: T5Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> Attention:
+    # T5 folds the 1/sqrt(d) softmax scale into the query initialisation instead.
+    return Attention(
+        cfg.emb_dim, num_heads=cfg.num_heads, head_dim=cfg.head_dim, scale=1.0,
+        dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl,
+        query_init=fan_in_init(1.0 / cfg.head_dim), dtype=dtype, rngs=rngs,
+    )
+
+
+class EncoderDecoder(nnx.Module):
+    """The T5 network; logits come back in fp32 so z-loss and softmax are stable."""
+
+    def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs) -> None:
+        self.cfg = cfg
+        dtype = dtype_from_name(cfg.dtype)
+        self.dtype = dtype
+        self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=dtype, rngs=rngs)
+        rel = dict(
+            num_buckets=cfg.relative_attention_num_buckets,
+            max_distance=cfg.relative_attention_max_distance,
+        )
+        self.encoder_relpos_bias = RelativePositionBias(cfg.num_heads, bidirectional=True, rngs=rngs, **rel)
+        self.decoder_relpos_bias = RelativePositionBias(cfg.num_heads, bidirectional=False, rngs=rngs, **rel)
+        stack = dict(scan=cfg.scan_layers, remat_policy=cfg.remat_policy, rngs=rngs)
+        self.encoder = LayerStack(lambda r: EncoderLayer(cfg, rngs=r), cfg.num_encoder_layers, **stack)
+        self.decoder = LayerStack(lambda r: DecoderLayer(cfg, rngs=r), cfg.num_decoder_layers, **stack)
+        self.encoder_norm = RMSNorm(cfg.emb_dim, epsilon=cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
+        self.decoder_norm = RMSNorm(cfg.emb_dim, epsilon=cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
+        if not cfg.logits_via_embedding:
+            self.logits_dense = DenseGeneral(
+                (cfg.emb_dim,), (cfg.vocab_size,), logical_axes=("embed", "vocab"), dtype=dtype, rngs=rngs
+            )
+
+    # ------------------------------------------------------------------ full sequence
+
+    def encode(
+        self,
+        encoder_input_tokens: jax.Array,
+        encoder_segment_ids: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        dropout_rng: jax.Array | None = None,
+    ) -> jax.Array:
+        cfg = self.cfg
+        seg = _segments(encoder_input_tokens, encoder_segment_ids)
+        r = _split(dropout_rng, 3)
+        x = self.token_embedder(encoder_input_tokens)
+        x = dropout(x, cfg.dropout_rate, r[0], deterministic=deterministic)
+        ctx = _EncoderCtx(
+            mask=AttentionMask(q_segment_ids=seg, kv_segment_ids=seg),
+            bias=self.encoder_relpos_bias(),
+            deterministic=deterministic,
+        )
+        x, _ = self.encoder(x, ctx, None, r[1])
+        x = self.encoder_norm(x)
+        return dropout(x, cfg.dropout_rate, r[2], deterministic=deterministic)
+
+    def decode(
+        self,
+        encoded: jax.Array,
+        encoder_segment_ids: jax.Array,
+        decoder_input_tokens: jax.Array,
+        decoder_segment_ids: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        dropout_rng: jax.Array | None = None,
+    ) -> jax.Array:
+        dec_seg = (
+            jnp.ones_like(decoder_input_tokens, dtype=jnp.int32)
+            if decoder_segment_ids is None
+            else decoder_segment_ids
+        )
+        ctx = _DecoderCtx(
+            self_mask=AttentionMask(q_segment_ids=dec_seg, kv_segment_ids=dec_seg, causal=True),
+            cross_mask=AttentionMask(q_segment_ids=dec_seg, kv_segment_ids=encoder_segment_ids),
+            bias=self.decoder_relpos_bias(),
+            encoded=encoded,
+            decode_index=None,
+            deterministic=deterministic,
+        )
+        r = _split(dropout_rng, 3)
+        x = self.token_embedder(decoder_input_tokens)
+        x = dropout(x, self.cfg.dropout_rate, r[0], deterministic=deterministic)
+        x, _ = self.decoder(x, ctx, None, r[1])
+        return self._logits(x, r[2], deterministic)
+
+    def __call__(
+        self,
+        encoder_input_tokens: jax.Array,
+        decoder_input_tokens: jax.Array,
+        *,
+        encoder_segment_ids: jax.Array | None = None,
+        decoder_segment_ids: jax.Array | None = None,
+        encoder_positions: jax.Array | None = None,
+        decoder_positions: jax.Array | None = None,
+        deterministic: bool = True,
+        dropout_rng: jax.Array | None = None,
+    ) -> jax.Array:
+        """Teacher-forced logits ``[b, t, vocab]``; packed inputs via segment ids.
+
+        Positions are accepted for interface symmetry; relative bias only needs token order
+        within a segment, which the segment ids already pin down.
+        """
+        del encoder_positions, decoder_positions
+        r = _split(dropout_rng, 2)
+        encoded = self.encode(
+            encoder_input_tokens, encoder_segment_ids, deterministic=deterministic, dropout_rng=r[0]
+        )
+        enc_seg = _segments(encoder_input_tokens, encoder_segment_ids)
+        return self.decode(
+            encoded, enc_seg, decoder_input_tokens, decoder_segment_ids,
+            deterministic=deterministic, dropout_rng=r[1],
+        )
+
+    def logits_from_batch(
+        self, batch: dict[str, jax.Array], *, deterministic: bool = True,
+        dropout_rng: jax.Array | None = None,
+    ) -> jax.Array:
+        """Logits for a seqio ``EncDecFeatureConverter`` batch."""
+        return self(
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            encoder_segment_ids=batch.get("encoder_segment_ids"),
+            decoder_segment_ids=batch.get("decoder_segment_ids"),
+            deterministic=deterministic,
+            dropout_rng=dropout_rng,
+        )
+
+    def _logits(self, x: jax.Array, rng: jax.Array | None, deterministic: bool) -> jax.Array:
+        x = self.decoder_norm(x)
+        x = dropout(x, self.cfg.dropout_rate, rng, deterministic=deterministic)
+        if self.cfg.logits_via_embedding:
+            # Tied output: rescale as T5 does so logits keep unit scale.
+            logits = self.token_embedder.attend(x) / jnp.sqrt(self.cfg.emb_dim).astype(x.dtype)
+        else:
+            logits = self.logits_dense(x)
+        return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+    # ------------------------------------------------------------------ decoding
+
+    def prefill(self, batch: dict[str, jax.Array], max_decode_length: int) -> tuple[jax.Array, dict]:
+        """Encode the inputs and feed the start token; returns first-step logits and state."""
+        tokens = batch["encoder_input_tokens"]
+        enc_seg = _segments(tokens, batch.get("encoder_segment_ids"))
+        encoded = self.encode(tokens, enc_seg)
+        b = tokens.shape[0]
+        cfg = self.cfg
+
+        def make_cache(block: DecoderLayer, x: jax.Array, ctx: Any, cache: Any, rng: Any):
+            del cache, rng
+            return x, {
+                "self": init_kv_cache(b, max_decode_length, cfg.num_heads, cfg.head_dim, self.dtype),
+                "cross": block.encoder_decoder_attention.project_kv(encoded),
+            }
+
+        _, cache = self.decoder(encoded[:, :1], None, None, None, call_block=make_cache)
+        state = {"cache": cache, "encoder_segment_ids": enc_seg}
+        start = jnp.zeros((b,), jnp.int32)
+        logits, state = self.decode_step(start, jnp.zeros((b,), jnp.int32), state)
+        return logits, state
+
+    def decode_step(
+        self, tokens: jax.Array, index: jax.Array, state: dict
+    ) -> tuple[jax.Array, dict]:
+        """Feed ``tokens [b]`` at decoder position ``index [b]``; logits ``[b, vocab]``."""
+        cache = state["cache"]
+        max_len = _cache_length(cache)
+        b = tokens.shape[0]
+        ctx = _DecoderCtx(
+            self_mask=AttentionMask(
+                q_positions=index[:, None],
+                kv_positions=jnp.arange(max_len, dtype=jnp.int32)[None],
+                causal=True,
+            ),
+            cross_mask=AttentionMask(
+                q_segment_ids=jnp.ones((b, 1), jnp.int32),
+                kv_segment_ids=state["encoder_segment_ids"],
+            ),
+            bias=self.decoder_relpos_bias(),
+            encoded=None,
+            decode_index=index,
+            deterministic=True,
+        )
+        x = self.token_embedder(tokens[:, None])
+        x, cache = self.decoder(x, ctx, cache, None)
+        logits = self._logits(x, None, True)[:, 0]
+        return logits, {**state, "cache": cache}
+
+
+def _segments(tokens: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+    """Explicit segment ids, or 1 for real tokens and 0 for padding (token id 0)."""
+    if segment_ids is not None:
+        return segment_ids.astype(jnp.int32)
+    return (tokens != 0).astype(jnp.int32)
+
+
+def _cache_length(cache: Any) -> int:
+    layer = cache[0] if isinstance(cache, list) else cache
+    # [b, max_len, h, d], or [layers, b, max_len, h, d] when scanned
+    return layer["self"]["k"].shape[-3]
