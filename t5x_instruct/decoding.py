@@ -14,11 +14,13 @@ from flax import struct
 
 
 class Decodable(Protocol):
-    def prefill(self, batch: dict[str, jax.Array], max_decode_length: int) -> tuple[jax.Array, Any]:
-        ...
+    def prefill(
+        self, batch: dict[str, jax.Array], max_decode_length: int
+    ) -> tuple[jax.Array, Any]: ...
 
-    def decode_step(self, tokens: jax.Array, index: jax.Array, state: Any) -> tuple[jax.Array, Any]:
-        ...
+    def decode_step(
+        self, tokens: jax.Array, index: jax.Array, state: Any
+    ) -> tuple[jax.Array, Any]: ...
 
 
 @struct.dataclass

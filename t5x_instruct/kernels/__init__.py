@@ -41,7 +41,8 @@ def dot_product_attention(
     """``softmax(scale * q k^T + bias, masked) v`` with the chosen implementation."""
     if impl not in _IMPLS:
         raise ValueError(
-            f"attention_impl={impl!r} is not available; choose one of {available_attention_impls()}."
+            f"attention_impl={impl!r} is not available; "
+            f"choose one of {available_attention_impls()}."
         )
     return _IMPLS[impl](
         query,

@@ -49,7 +49,9 @@ def dense_mask(mask: AttentionMask, q_len: int, kv_len: int) -> jax.Array:
     allowed: Any = jnp.ones((1, q_len, kv_len), dtype=bool)
     if mask.q_segment_ids is not None or mask.kv_segment_ids is not None:
         if mask.q_segment_ids is None or mask.kv_segment_ids is None:
-            raise ValueError("AttentionMask needs both q_segment_ids and kv_segment_ids, or neither.")
+            raise ValueError(
+                "AttentionMask needs both q_segment_ids and kv_segment_ids, or neither."
+            )
         allowed = allowed & (mask.q_segment_ids[:, :, None] == mask.kv_segment_ids[:, None, :])
     if mask.causal:
         q_pos, kv_pos = mask.positions(q_len, kv_len)

@@ -34,9 +34,9 @@ def attention(
         raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv_heads} KV heads.")
     groups = num_heads // num_kv_heads
     q = query.reshape(b, q_len, num_kv_heads, groups, head_dim)
-    logits = jnp.einsum(
-        "bqhgd,bkhd->bhgqk", q, key, preferred_element_type=jnp.float32
-    ).astype(jnp.float32)
+    logits = jnp.einsum("bqhgd,bkhd->bhgqk", q, key, preferred_element_type=jnp.float32).astype(
+        jnp.float32
+    )
     logits = logits * scale
     if bias is not None:
         q_pos, kv_pos = mask.positions(q_len, kv_len)

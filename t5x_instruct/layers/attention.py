@@ -46,20 +46,34 @@ class Attention(nnx.Module):
         self.attention_impl = attention_impl
         self.dtype = dtype
         self.query = DenseGeneral(
-            (features,), (num_heads, head_dim), logical_axes=("embed", "heads", "kv"),
-            dtype=dtype, kernel_init=query_init, rngs=rngs,
+            (features,),
+            (num_heads, head_dim),
+            logical_axes=("embed", "heads", "kv"),
+            dtype=dtype,
+            kernel_init=query_init,
+            rngs=rngs,
         )
         self.key = DenseGeneral(
-            (kv_features,), (num_kv_heads, head_dim), logical_axes=("embed", "kv_heads", "kv"),
-            dtype=dtype, rngs=rngs,
+            (kv_features,),
+            (num_kv_heads, head_dim),
+            logical_axes=("embed", "kv_heads", "kv"),
+            dtype=dtype,
+            rngs=rngs,
         )
         self.value = DenseGeneral(
-            (kv_features,), (num_kv_heads, head_dim), logical_axes=("embed", "kv_heads", "kv"),
-            dtype=dtype, rngs=rngs,
+            (kv_features,),
+            (num_kv_heads, head_dim),
+            logical_axes=("embed", "kv_heads", "kv"),
+            dtype=dtype,
+            rngs=rngs,
         )
         self.out = DenseGeneral(
-            (num_heads, head_dim), (features,), logical_axes=("heads", "kv", "embed"),
-            dtype=dtype, kernel_init=fan_in_init(1.0, (0, 1)), rngs=rngs,
+            (num_heads, head_dim),
+            (features,),
+            logical_axes=("heads", "kv", "embed"),
+            dtype=dtype,
+            kernel_init=fan_in_init(1.0, (0, 1)),
+            rngs=rngs,
         )
 
     def project_kv(self, kv_input: jax.Array, positions: jax.Array | None = None) -> KVCache:

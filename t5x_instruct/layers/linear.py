@@ -33,9 +33,7 @@ class DenseGeneral(nnx.Module):
         self.dtype = dtype
         n_in = len(self.in_features)
         init = kernel_init or fan_in_init(1.0, tuple(range(n_in)))
-        self.kernel = logical_param(
-            rngs, init, self.in_features + self.out_features, logical_axes
-        )
+        self.kernel = logical_param(rngs, init, self.in_features + self.out_features, logical_axes)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n_in = len(self.in_features)

@@ -37,9 +37,15 @@ class GatedMLP(nnx.Module):
             raise ValueError(f"activation={activation!r}: expected one of {sorted(ACTIVATIONS)}")
         self.activation = activation
         self.dropout_rate = dropout_rate
-        self.wi_0 = DenseGeneral((features,), (hidden,), logical_axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
-        self.wi_1 = DenseGeneral((features,), (hidden,), logical_axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
-        self.wo = DenseGeneral((hidden,), (features,), logical_axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
+        self.wi_0 = DenseGeneral(
+            (features,), (hidden,), logical_axes=("embed", "mlp"), dtype=dtype, rngs=rngs
+        )
+        self.wi_1 = DenseGeneral(
+            (features,), (hidden,), logical_axes=("embed", "mlp"), dtype=dtype, rngs=rngs
+        )
+        self.wo = DenseGeneral(
+            (hidden,), (features,), logical_axes=("mlp", "embed"), dtype=dtype, rngs=rngs
+        )
 
     def __call__(
         self, x: jax.Array, *, deterministic: bool = True, dropout_rng: jax.Array | None = None

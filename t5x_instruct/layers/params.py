@@ -22,7 +22,9 @@ def logical_param(
 ) -> nnx.Param:
     """An ``nnx.Param`` whose metadata names each dimension (``('embed', 'mlp')``)."""
     if len(shape) != len(logical_axes):
-        raise ValueError(f"shape {tuple(shape)} and logical axes {tuple(logical_axes)} differ in rank")
+        raise ValueError(
+            f"shape {tuple(shape)} and logical axes {tuple(logical_axes)} differ in rank"
+        )
     value = init(rngs.params(), tuple(shape), dtype)
     return nnx.Param(value, **{LOGICAL_AXES_KEY: tuple(logical_axes)})
 

@@ -74,16 +74,28 @@ class DecoderBlock(nnx.Module):
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs) -> None:
         dtype = dtype_from_name(cfg.dtype)
         self.dropout_rate = cfg.dropout_rate
-        self.pre_attention_norm = RMSNorm(cfg.emb_dim, epsilon=cfg.norm_epsilon, dtype=dtype, rngs=rngs)
+        self.pre_attention_norm = RMSNorm(
+            cfg.emb_dim, epsilon=cfg.norm_epsilon, dtype=dtype, rngs=rngs
+        )
         self.attention = Attention(
-            cfg.emb_dim, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
-            head_dim=cfg.head_dim, rope_theta=cfg.rope_theta, dropout_rate=cfg.dropout_rate,
-            attention_impl=cfg.attention_impl, dtype=dtype, rngs=rngs,
+            cfg.emb_dim,
+            num_heads=cfg.num_heads,
+            num_kv_heads=cfg.num_kv_heads,
+            head_dim=cfg.head_dim,
+            rope_theta=cfg.rope_theta,
+            dropout_rate=cfg.dropout_rate,
+            attention_impl=cfg.attention_impl,
+            dtype=dtype,
+            rngs=rngs,
         )
         self.pre_mlp_norm = RMSNorm(cfg.emb_dim, epsilon=cfg.norm_epsilon, dtype=dtype, rngs=rngs)
         self.mlp = GatedMLP(
-            cfg.emb_dim, cfg.mlp_dim, activation=cfg.mlp_activation,
-            dropout_rate=cfg.dropout_rate, dtype=dtype, rngs=rngs,
+            cfg.emb_dim,
+            cfg.mlp_dim,
+            activation=cfg.mlp_activation,
+            dropout_rate=cfg.dropout_rate,
+            dtype=dtype,
+            rngs=rngs,
         )
 
     def __call__(self, x: jax.Array, ctx: _Ctx, cache: Any, rng: jax.Array | None):
@@ -91,8 +103,14 @@ class DecoderBlock(nnx.Module):
         r = [None] * 4 if rng is None else list(jax.random.split(rng, 4))
         h = self.pre_attention_norm(x)
         h, cache = self.attention(
-            h, h, ctx.mask, rope_positions=ctx.rope_positions, cache=cache,
-            decode_index=ctx.decode_index, deterministic=det, dropout_rng=r[0],
+            h,
+            h,
+            ctx.mask,
+            rope_positions=ctx.rope_positions,
+            cache=cache,
+            decode_index=ctx.decode_index,
+            deterministic=det,
+            dropout_rng=r[0],
         )
         x = x + dropout(h, self.dropout_rate, r[1], deterministic=det)
         h = self.mlp(self.pre_mlp_norm(x), deterministic=det, dropout_rng=r[2])
@@ -105,17 +123,29 @@ class Decoder(nnx.Module):
         self.cfg = cfg
         self.dtype = dtype_from_name(cfg.dtype)
         self.token_embedder = Embed(
-            cfg.vocab_size, cfg.emb_dim, dtype=self.dtype, embedding_init=normal_init(0.02), rngs=rngs
+            cfg.vocab_size,
+            cfg.emb_dim,
+            dtype=self.dtype,
+            embedding_init=normal_init(0.02),
+            rngs=rngs,
         )
         self.layers = LayerStack(
-            lambda r: DecoderBlock(cfg, rngs=r), cfg.num_layers,
-            scan=cfg.scan_layers, remat_policy=cfg.remat_policy, rngs=rngs,
+            lambda r: DecoderBlock(cfg, rngs=r),
+            cfg.num_layers,
+            scan=cfg.scan_layers,
+            remat_policy=cfg.remat_policy,
+            rngs=rngs,
         )
-        self.decoder_norm = RMSNorm(cfg.emb_dim, epsilon=cfg.norm_epsilon, dtype=self.dtype, rngs=rngs)
+        self.decoder_norm = RMSNorm(
+            cfg.emb_dim, epsilon=cfg.norm_epsilon, dtype=self.dtype, rngs=rngs
+        )
         if not cfg.tie_embeddings:
             self.logits_dense = DenseGeneral(
-                (cfg.emb_dim,), (cfg.vocab_size,), logical_axes=("embed", "vocab"),
-                dtype=self.dtype, rngs=rngs,
+                (cfg.emb_dim,),
+                (cfg.vocab_size,),
+                logical_axes=("embed", "vocab"),
+                dtype=self.dtype,
+                rngs=rngs,
             )
 
     def __call__(
@@ -135,13 +165,21 @@ class Decoder(nnx.Module):
         real tokens never attend forward.
         """
         logits, _ = self._forward(
-            decoder_input_tokens, decoder_segment_ids, decoder_positions,
-            decoder_causal_attention, None, deterministic, dropout_rng,
+            decoder_input_tokens,
+            decoder_segment_ids,
+            decoder_positions,
+            decoder_causal_attention,
+            None,
+            deterministic,
+            dropout_rng,
         )
         return logits
 
     def logits_from_batch(
-        self, batch: dict[str, jax.Array], *, deterministic: bool = True,
+        self,
+        batch: dict[str, jax.Array],
+        *,
+        deterministic: bool = True,
         dropout_rng: jax.Array | None = None,
     ) -> jax.Array:
         """Logits for a seqio ``LMFeatureConverter`` / ``PrefixLMFeatureConverter`` batch."""
@@ -162,10 +200,15 @@ class Decoder(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         prefix = None if causal_attention is None else causal_attention.astype(bool)
         mask = AttentionMask(
-            q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
-            q_in_prefix=prefix, kv_in_prefix=prefix, causal=True,
+            q_segment_ids=segment_ids,
+            kv_segment_ids=segment_ids,
+            q_in_prefix=prefix,
+            kv_in_prefix=prefix,
+            causal=True,
         )
-        ctx = _Ctx(mask=mask, rope_positions=positions, decode_index=None, deterministic=deterministic)
+        ctx = _Ctx(
+            mask=mask, rope_positions=positions, decode_index=None, deterministic=deterministic
+        )
         r = [None] * 3 if dropout_rng is None else list(jax.random.split(dropout_rng, 3))
         x = self.token_embedder(tokens)
         x = dropout(x, self.cfg.dropout_rate, r[0], deterministic=deterministic)
@@ -180,7 +223,9 @@ class Decoder(nnx.Module):
 
     # ------------------------------------------------------------------ decoding
 
-    def prefill(self, batch: dict[str, jax.Array], max_decode_length: int) -> tuple[jax.Array, dict]:
+    def prefill(
+        self, batch: dict[str, jax.Array], max_decode_length: int
+    ) -> tuple[jax.Array, dict]:
         """Run the (right-padded) prompt once, fill the cache, return next-token logits.
 
         ``batch['decoder_input_tokens']`` is the prompt ``[b, p]``; its length per example is
@@ -205,7 +250,9 @@ class Decoder(nnx.Module):
         last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
         return last, {"cache": caches, "index": lengths}
 
-    def decode_step(self, tokens: jax.Array, index: jax.Array, state: dict) -> tuple[jax.Array, dict]:
+    def decode_step(
+        self, tokens: jax.Array, index: jax.Array, state: dict
+    ) -> tuple[jax.Array, dict]:
         """Feed ``tokens [b]`` at sequence index ``index [b]``; logits ``[b, vocab]``."""
         caches = state["cache"]
         layer = caches[0] if isinstance(caches, list) else caches

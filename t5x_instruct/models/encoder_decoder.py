@@ -87,12 +87,20 @@ class EncoderLayer(nnx.Module):
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs) -> None:
         dtype = dtype_from_name(cfg.dtype)
         self.dropout_rate = cfg.dropout_rate
-        self.pre_attention_layer_norm = RMSNorm(cfg.emb_dim, epsilon=cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
+        self.pre_attention_layer_norm = RMSNorm(
+            cfg.emb_dim, epsilon=cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs
+        )
         self.attention = _t5_attention(cfg, dtype, rngs)
-        self.pre_mlp_layer_norm = RMSNorm(cfg.emb_dim, epsilon=cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
+        self.pre_mlp_layer_norm = RMSNorm(
+            cfg.emb_dim, epsilon=cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs
+        )
         self.mlp = GatedMLP(
-            cfg.emb_dim, cfg.mlp_dim, activation=cfg.mlp_activation,
-            dropout_rate=cfg.dropout_rate, dtype=dtype, rngs=rngs,
+            cfg.emb_dim,
+            cfg.mlp_dim,
+            activation=cfg.mlp_activation,
+            dropout_rate=cfg.dropout_rate,
+            dtype=dtype,
+            rngs=rngs,
         )
 
     def __call__(self, x: jax.Array, ctx: _EncoderCtx, cache: Any, rng: jax.Array | None):
@@ -111,14 +119,22 @@ class DecoderLayer(nnx.Module):
         dtype = dtype_from_name(cfg.dtype)
         eps = cfg.layer_norm_epsilon
         self.dropout_rate = cfg.dropout_rate
-        self.pre_self_attention_layer_norm = RMSNorm(cfg.emb_dim, epsilon=eps, dtype=dtype, rngs=rngs)
+        self.pre_self_attention_layer_norm = RMSNorm(
+            cfg.emb_dim, epsilon=eps, dtype=dtype, rngs=rngs
+        )
         self.self_attention = _t5_attention(cfg, dtype, rngs)
-        self.pre_cross_attention_layer_norm = RMSNorm(cfg.emb_dim, epsilon=eps, dtype=dtype, rngs=rngs)
+        self.pre_cross_attention_layer_norm = RMSNorm(
+            cfg.emb_dim, epsilon=eps, dtype=dtype, rngs=rngs
+        )
         self.encoder_decoder_attention = _t5_attention(cfg, dtype, rngs)
         self.pre_mlp_layer_norm = RMSNorm(cfg.emb_dim, epsilon=eps, dtype=dtype, rngs=rngs)
         self.mlp = GatedMLP(
-            cfg.emb_dim, cfg.mlp_dim, activation=cfg.mlp_activation,
-            dropout_rate=cfg.dropout_rate, dtype=dtype, rngs=rngs,
+            cfg.emb_dim,
+            cfg.mlp_dim,
+            activation=cfg.mlp_activation,
+            dropout_rate=cfg.dropout_rate,
+            dtype=dtype,
+            rngs=rngs,
         )
 
     def __call__(self, x: jax.Array, ctx: _DecoderCtx, cache: Any, rng: jax.Array | None):
@@ -126,16 +142,25 @@ class DecoderLayer(nnx.Module):
         r = _split(rng, 7)
         h = self.pre_self_attention_layer_norm(x)
         h, self_cache = self.self_attention(
-            h, h, ctx.self_mask, bias=ctx.bias,
+            h,
+            h,
+            ctx.self_mask,
+            bias=ctx.bias,
             cache=None if cache is None else cache["self"],
-            decode_index=ctx.decode_index, deterministic=det, dropout_rng=r[0],
+            decode_index=ctx.decode_index,
+            deterministic=det,
+            dropout_rng=r[0],
         )
         x = x + dropout(h, self.dropout_rate, r[1], deterministic=det)
         h = self.pre_cross_attention_layer_norm(x)
         h, _ = self.encoder_decoder_attention(
-            h, ctx.encoded, ctx.cross_mask,
-            cache=None if cache is None else cache["cross"], static_kv=cache is not None,
-            deterministic=det, dropout_rng=r[2],
+            h,
+            ctx.encoded,
+            ctx.cross_mask,
+            cache=None if cache is None else cache["cross"],
+            static_kv=cache is not None,
+            deterministic=det,
+            dropout_rng=r[2],
         )
         x = x + dropout(h, self.dropout_rate, r[3], deterministic=det)
         h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=det, dropout_rng=r[4])
@@ -147,9 +172,15 @@ class DecoderLayer(nnx.Module):
 def _t5_attention(cfg: T5Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> Attention:
     # T5 folds the 1/sqrt(d) softmax scale into the query initialisation instead.
     return Attention(
-        cfg.emb_dim, num_heads=cfg.num_heads, head_dim=cfg.head_dim, scale=1.0,
-        dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl,
-        query_init=fan_in_init(1.0 / cfg.head_dim), dtype=dtype, rngs=rngs,
+        cfg.emb_dim,
+        num_heads=cfg.num_heads,
+        head_dim=cfg.head_dim,
+        scale=1.0,
+        dropout_rate=cfg.dropout_rate,
+        attention_impl=cfg.attention_impl,
+        query_init=fan_in_init(1.0 / cfg.head_dim),
+        dtype=dtype,
+        rngs=rngs,
     )
 
 
@@ -165,16 +196,32 @@ class EncoderDecoder(nnx.Module):
             num_buckets=cfg.relative_attention_num_buckets,
             max_distance=cfg.relative_attention_max_distance,
         )
-        self.encoder_relpos_bias = RelativePositionBias(cfg.num_heads, bidirectional=True, rngs=rngs, **rel)
-        self.decoder_relpos_bias = RelativePositionBias(cfg.num_heads, bidirectional=False, rngs=rngs, **rel)
+        self.encoder_relpos_bias = RelativePositionBias(
+            cfg.num_heads, bidirectional=True, rngs=rngs, **rel
+        )
+        self.decoder_relpos_bias = RelativePositionBias(
+            cfg.num_heads, bidirectional=False, rngs=rngs, **rel
+        )
         stack = dict(scan=cfg.scan_layers, remat_policy=cfg.remat_policy, rngs=rngs)
-        self.encoder = LayerStack(lambda r: EncoderLayer(cfg, rngs=r), cfg.num_encoder_layers, **stack)
-        self.decoder = LayerStack(lambda r: DecoderLayer(cfg, rngs=r), cfg.num_decoder_layers, **stack)
-        self.encoder_norm = RMSNorm(cfg.emb_dim, epsilon=cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
-        self.decoder_norm = RMSNorm(cfg.emb_dim, epsilon=cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
+        self.encoder = LayerStack(
+            lambda r: EncoderLayer(cfg, rngs=r), cfg.num_encoder_layers, **stack
+        )
+        self.decoder = LayerStack(
+            lambda r: DecoderLayer(cfg, rngs=r), cfg.num_decoder_layers, **stack
+        )
+        self.encoder_norm = RMSNorm(
+            cfg.emb_dim, epsilon=cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs
+        )
+        self.decoder_norm = RMSNorm(
+            cfg.emb_dim, epsilon=cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs
+        )
         if not cfg.logits_via_embedding:
             self.logits_dense = DenseGeneral(
-                (cfg.emb_dim,), (cfg.vocab_size,), logical_axes=("embed", "vocab"), dtype=dtype, rngs=rngs
+                (cfg.emb_dim,),
+                (cfg.vocab_size,),
+                logical_axes=("embed", "vocab"),
+                dtype=dtype,
+                rngs=rngs,
             )
 
     # ------------------------------------------------------------------ full sequence
@@ -254,12 +301,19 @@ class EncoderDecoder(nnx.Module):
         )
         enc_seg = _segments(encoder_input_tokens, encoder_segment_ids)
         return self.decode(
-            encoded, enc_seg, decoder_input_tokens, decoder_segment_ids,
-            deterministic=deterministic, dropout_rng=r[1],
+            encoded,
+            enc_seg,
+            decoder_input_tokens,
+            decoder_segment_ids,
+            deterministic=deterministic,
+            dropout_rng=r[1],
         )
 
     def logits_from_batch(
-        self, batch: dict[str, jax.Array], *, deterministic: bool = True,
+        self,
+        batch: dict[str, jax.Array],
+        *,
+        deterministic: bool = True,
         dropout_rng: jax.Array | None = None,
     ) -> jax.Array:
         """Logits for a seqio ``EncDecFeatureConverter`` batch."""
@@ -284,7 +338,9 @@ class EncoderDecoder(nnx.Module):
 
     # ------------------------------------------------------------------ decoding
 
-    def prefill(self, batch: dict[str, jax.Array], max_decode_length: int) -> tuple[jax.Array, dict]:
+    def prefill(
+        self, batch: dict[str, jax.Array], max_decode_length: int
+    ) -> tuple[jax.Array, dict]:
         """Encode the inputs and feed the start token; returns first-step logits and state."""
         tokens = batch["encoder_input_tokens"]
         enc_seg = _segments(tokens, batch.get("encoder_segment_ids"))
@@ -295,7 +351,9 @@ class EncoderDecoder(nnx.Module):
         def make_cache(block: DecoderLayer, x: jax.Array, ctx: Any, cache: Any, rng: Any):
             del cache, rng
             return x, {
-                "self": init_kv_cache(b, max_decode_length, cfg.num_heads, cfg.head_dim, self.dtype),
+                "self": init_kv_cache(
+                    b, max_decode_length, cfg.num_heads, cfg.head_dim, self.dtype
+                ),
                 "cross": block.encoder_decoder_attention.project_kv(encoded),
             }
 

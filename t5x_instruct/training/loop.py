@@ -1,0 +1,385 @@
+"""The training loop: data -> sharded jitted steps -> metrics, evals and checkpoints.
+
+Everything a run needs is an argument of :func:`train`, bound in gin with T5X's macro
+vocabulary (MODEL_DIR, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, TRAIN_STEPS, ...).
+The data layer (seqio / TensorFlow) is imported here lazily, never by the step itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from t5x_instruct import partitioning
+from t5x_instruct.models import DecoderConfig, T5Config, build_model
+from t5x_instruct.training import checkpoints as ckpt_lib
+from t5x_instruct.training.evaluation import EvalResult, EvalSet, ExactMatchEvaluator
+from t5x_instruct.training.metrics import MetricsWriter
+from t5x_instruct.training.optimizers import learning_rate_schedule, make_optimizer
+from t5x_instruct.training.step import LossConfig, eval_step, metrics_from_sums, train_step
+from t5x_instruct.training.train_state import (
+    ModelSpec,
+    TrainState,
+    init_train_state,
+    train_state_shardings,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop polls, so the last state is saved before exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _Preemption:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. inside a notebook worker)
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+@gin.configurable(denylist=["model_spec"])
+def train(
+    *,
+    model_dir: str = gin.REQUIRED,
+    mixture_or_task_name: str = gin.REQUIRED,
+    task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+    train_steps: int = gin.REQUIRED,
+    batch_size: int = gin.REQUIRED,
+    decoder_objective: str = "prefix_lm",
+    pack: bool = True,
+    use_cached_tasks: bool = False,
+    seed: int = 0,
+    num_microbatches: int = 1,
+    loss_config: LossConfig | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    mesh_config: partitioning.MeshConfig | None = None,
+    logical_axis_rules: partitioning.AxisRules | None = None,
+    log_period: int = 10,
+    checkpoint_period: int = 100,
+    keep_checkpoints: int = 3,
+    async_checkpointing: bool = True,
+    eval_period: int = 0,
+    eval_batch_size: int = 32,
+    max_eval_examples: int = 256,
+    eval_tasks: Sequence[str] | None = None,
+    validation_split: str = "validation",
+    max_decode_length: int | None = None,
+    initial_checkpoint_path: str | None = None,
+    assignment_map: Sequence[tuple[str, str | None]] = (),
+    fallback_to_scratch: bool = False,
+    final_eval: bool = True,
+    progress_bar: bool = True,
+    model_spec: ModelSpec | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and checkpoint; returns the final summary (also ``summary.json``).
+
+    Restarting with the same MODEL_DIR resumes from its latest checkpoint, data position
+    included, so a killed run continues with exactly the losses it would have had.
+    """
+    if eval_period and eval_period % log_period:
+        raise ValueError(
+            f"train.eval_period={eval_period} must be a multiple of train.log_period={log_period}"
+        )
+    from t5x_instruct import data  # lazy: TensorFlow only when a run actually reads data
+
+    os.makedirs(model_dir, exist_ok=True)
+    spec = model_spec or ModelSpec.create(build_model)
+    config = spec.config
+    encoder_decoder = isinstance(config, T5Config)
+    if not encoder_decoder and not isinstance(config, DecoderConfig):
+        raise TypeError(f"Unsupported model config {type(config).__name__}")
+    model_type = "encoder_decoder" if encoder_decoder else decoder_objective
+    mesh = partitioning.create_mesh(mesh_config or partitioning.MeshConfig())
+    rules = list(logical_axis_rules or partitioning.standard_logical_axis_rules())
+    schedule = learning_rate_schedule()
+    optimizer = optimizer or make_optimizer(learning_rate=schedule)
+    loss_config = loss_config or LossConfig()
+    log.info("Model: %s (%.2fM parameters)", type(config).__name__, spec.num_params() / 1e6)
+
+    state_shardings = train_state_shardings(spec, optimizer, mesh, rules)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    checkpointer = ckpt_lib.Checkpointer(
+        model_dir, keep=keep_checkpoints, async_save=async_checkpointing
+    )
+    latest = checkpointer.latest_step()
+    data_state: dict[str, Any] = {}
+    if latest is not None:
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            jax.eval_shape(lambda: init_train_state(spec.abstract_params(), optimizer)),
+            state_shardings,
+        )
+        state, data_state = checkpointer.restore(latest, abstract)
+        log.info("Resumed from %s at step %d", checkpointer.directory, latest)
+    else:
+        params = spec.init_params(mesh, rules)
+        if initial_checkpoint_path:
+            params = ckpt_lib.load_params_for_warm_start(
+                initial_checkpoint_path,
+                spec.abstract_params(),
+                params,
+                assignment_map=assignment_map,
+                fallback_to_scratch=fallback_to_scratch,
+            )
+        state = jax.jit(lambda p: init_train_state(p, optimizer), out_shardings=state_shardings)(
+            params
+        )
+    start_step = int(jax.device_get(state.step))
+
+    vocabulary = data.output_vocabulary(mixture_or_task_name)
+    dataset = data.get_dataset(
+        mixture_or_task_name,
+        task_feature_lengths=dict(task_feature_lengths),
+        split="train",
+        batch_size=batch_size // jax.process_count(),
+        model_type=model_type,
+        pack=pack,
+        shuffle=True,
+        seed=seed,
+        shard_id=jax.process_index(),
+        num_shards=jax.process_count(),
+        use_cached=use_cached_tasks,
+    )
+    iterator = data.DataIterator(dataset, state=data_state or None)
+
+    def _train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+        with partitioning.axis_rules(mesh, rules):
+            return train_step(
+                spec, optimizer, loss_config, state, batch, rng, num_microbatches=num_microbatches
+            )
+
+    batch_shardings = None  # resolved from the first batch (feature names vary by model)
+    jit_step = None
+    rng = jax.random.PRNGKey(seed)
+    writer = MetricsWriter(model_dir, resume_step=start_step)
+    evaluator, eval_sets, val_batches = _make_evals(
+        data,
+        spec,
+        mixture_or_task_name,
+        eval_tasks,
+        task_feature_lengths,
+        model_type,
+        encoder_decoder,
+        vocabulary,
+        eval_batch_size,
+        max_eval_examples,
+        validation_split,
+        max_decode_length,
+        seed,
+    )
+    eval_loss_fn = jax.jit(lambda params, batch: eval_step(spec, loss_config, params, batch))
+
+    step = start_step
+    tokens_since_log = 0
+    last_log_time = time.perf_counter()
+    first_step_time: float | None = None
+    bar = tqdm(
+        total=train_steps,
+        initial=start_step,
+        disable=not progress_bar,
+        desc="train",
+        dynamic_ncols=True,
+    )
+    with _Preemption() as preemption:
+        while step < train_steps and not preemption.requested:
+            host_batch = next(iterator)
+            if jit_step is None:
+                batch_shardings = {
+                    k: partitioning.batch_sharding(mesh, rules, np.ndim(v))
+                    for k, v in host_batch.items()
+                }
+                jit_step = jax.jit(
+                    _train_step,
+                    in_shardings=(state_shardings, batch_shardings, replicated),
+                    out_shardings=(state_shardings, replicated),
+                    donate_argnums=(0,),
+                )
+                compile_start = time.perf_counter()
+            tokens_since_log += _count_tokens(host_batch)
+            batch = partitioning.shard_batch(host_batch, mesh, rules)
+            state, metrics = jit_step(state, batch, rng)
+            step += 1
+            bar.update(1)
+            if first_step_time is None:
+                jax.block_until_ready(metrics)
+                first_step_time = time.perf_counter() - compile_start
+                last_log_time = time.perf_counter()
+                tokens_since_log = 0
+            if step % log_period == 0 or step == train_steps:
+                metrics = jax.device_get(metrics)
+                now = time.perf_counter()
+                record = {
+                    **metrics,
+                    "learning_rate": float(schedule(step - 1)) if callable(schedule) else schedule,
+                    "tokens_per_sec": tokens_since_log / max(now - last_log_time, 1e-9),
+                }
+                if step == log_period or (start_step and step - start_step == log_period):
+                    record["first_step_seconds"] = first_step_time
+                if eval_period and step % eval_period == 0:
+                    record.update(
+                        _run_evals(
+                            evaluator, eval_sets, val_batches, eval_loss_fn, state, mesh, rules
+                        )
+                    )
+                written = writer.write(step, record)
+                bar.set_postfix(loss=f"{written['loss']:.3f}")
+                tokens_since_log = 0
+                last_log_time = time.perf_counter()
+            if step % checkpoint_period == 0 or step == train_steps:
+                checkpointer.save(state, iterator.state())
+        if preemption.requested:
+            log.warning("SIGTERM received: saving step %d before exiting", step)
+            checkpointer.save(state, iterator.state(), force=True)
+    bar.close()
+    checkpointer.close()
+
+    summary: dict[str, Any] = {"step": step, "model_dir": model_dir}
+    if final_eval and step >= train_steps and evaluator is not None:
+        results = evaluator.evaluate(state.params, eval_sets)
+        summary["eval"] = _summarise(results)
+        summary["samples"] = {r.name: r.samples for r in results}
+        print_eval_table(results)
+        with open(os.path.join(model_dir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+    writer.close()
+    return summary
+
+
+def _count_tokens(batch: Mapping[str, np.ndarray]) -> int:
+    total = 0
+    for name in ("encoder_input_tokens", "decoder_target_tokens"):
+        if name in batch:
+            total += int(np.count_nonzero(batch[name]))
+    return total
+
+
+def _make_evals(
+    data: Any,
+    spec: ModelSpec,
+    mixture: str,
+    eval_tasks: Sequence[str] | None,
+    lengths: Mapping[str, int],
+    model_type: str,
+    encoder_decoder: bool,
+    vocabulary: Any,
+    batch_size: int,
+    max_examples: int,
+    split: str,
+    max_decode_length: int | None,
+    seed: int,
+) -> tuple[ExactMatchEvaluator | None, list[EvalSet], list[dict[str, np.ndarray]]]:
+    eval_sets = [
+        EvalSet(name=e.name, inputs=e.inputs, targets=e.targets, group=e.group)
+        for e in data.get_eval_sets(
+            mixture,
+            eval_tasks=eval_tasks,
+            split=split,
+            input_length=lengths["inputs"],
+            max_examples=max_examples,
+        )
+    ]
+    val_batches = data.get_validation_batches(
+        mixture,
+        task_feature_lengths=dict(lengths),
+        split=split,
+        batch_size=batch_size,
+        model_type=model_type,
+        max_examples=max_examples,
+        seed=seed,
+    )
+    if not eval_sets:
+        return None, [], val_batches
+    evaluator = ExactMatchEvaluator(
+        spec,
+        encoder_decoder=encoder_decoder,
+        prefix_lm=model_type == "prefix_lm",
+        decode_text=vocabulary.decode,
+        batch_size=batch_size,
+        max_decode_length=max_decode_length or lengths["targets"],
+        eos_id=vocabulary.eos_id,
+    )
+    return evaluator, eval_sets, val_batches
+
+
+def _run_evals(
+    evaluator: ExactMatchEvaluator | None,
+    eval_sets: list[EvalSet],
+    val_batches: list[dict[str, np.ndarray]],
+    eval_loss_fn: Any,
+    state: TrainState,
+    mesh: Any,
+    rules: Any,
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if val_batches:
+        sums: dict[str, Any] = {}
+        for batch in val_batches:
+            part = eval_loss_fn(state.params, partitioning.shard_batch(batch, mesh, rules))
+            sums = part if not sums else jax.tree.map(jnp.add, sums, part)
+        for name, value in metrics_from_sums(jax.device_get(sums)).items():
+            out[f"validation/{name}"] = float(value)
+    if evaluator is not None:
+        for result in evaluator.evaluate(state.params, eval_sets):
+            out[f"eval/{result.name}/exact_match"] = result.exact_match
+    return out
+
+
+def _summarise(results: Sequence[EvalResult]) -> dict[str, Any]:
+    per_task = {
+        r.name: {"group": r.group, "exact_match": r.exact_match, "num_examples": r.num_examples}
+        for r in results
+    }
+    groups: dict[str, list[float]] = {}
+    for r in results:
+        groups.setdefault(r.group, []).append(r.exact_match)
+    return {
+        "per_task": per_task,
+        "mean_exact_match": {g: float(np.mean(v)) for g, v in groups.items()},
+    }
+
+
+def print_eval_table(results: Sequence[EvalResult], *, samples_per_group: int = 2) -> None:
+    """A per-task table grouped by train tasks / held-out templates / held-out task."""
+    width = max([len(r.name) for r in results] + [10])
+    print(f"\n{'task':<{width}}  {'group':<18} {'exact_match':>11} {'n':>5}")
+    print("-" * (width + 38))
+    for r in sorted(results, key=lambda r: (r.group, r.name)):
+        print(f"{r.name:<{width}}  {r.group:<18} {r.exact_match:>11.3f} {r.num_examples:>5}")
+    print("-" * (width + 38))
+    for group, summary in _summarise(results)["mean_exact_match"].items():
+        print(f"{'mean (' + group + ')':<{width + 20}} {summary:>11.3f}")
+    print("\nSample generations:")
+    shown: dict[str, int] = {}
+    for r in results:
+        for inp, pred, target in r.samples:
+            if shown.get(r.group, 0) >= samples_per_group:
+                break
+            shown[r.group] = shown.get(r.group, 0) + 1
+            mark = "ok " if " ".join(pred.split()) == " ".join(target.split()) else "bad"
+            print(f"  [{mark}] ({r.name}) {inp}\n        -> {pred!r} (target {target!r})")
