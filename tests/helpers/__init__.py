@@ -1,0 +1,1 @@
+"""Shared test utilities (tiny models, Hugging Face fixtures)."""
