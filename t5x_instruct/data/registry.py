@@ -1,0 +1,74 @@
+"""Looking up SeqIO tasks and mixtures by name, with helpful errors, and evaluation groups.
+
+Tasks register themselves when their module is imported (``import tasks.demo``);
+:func:`import_task_modules` does that from a gin-configurable list so a run config can name
+the modules it needs. An evaluation *group* (``train_tasks``, ``heldout_templates``,
+``heldout_task``) is a small tag a task module attaches to each task so that the trainer can
+report exact match per group; untagged tasks fall into ``train_tasks``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Sequence
+
+import gin
+import seqio
+
+EVAL_GROUPS = ("train_tasks", "heldout_templates", "heldout_task")
+DEFAULT_EVAL_GROUP = "train_tasks"
+
+_task_groups: dict[str, str] = {}
+
+
+@gin.configurable
+def import_task_modules(modules: Sequence[str] = ("tasks.demo",)) -> None:
+    """Imports the modules whose import registers tasks/mixtures (idempotent)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ImportError(
+                f"Could not import task module {module!r} ({e}). Task modules outside the "
+                "package (e.g. 'tasks.demo') need the repository root on sys.path."
+            ) from e
+
+
+def registered_names() -> list[str]:
+    """All registered task and mixture names, sorted."""
+    return sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+
+
+def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
+    """The task or mixture called ``name``; an unknown name raises ``ValueError`` listing
+    the closest registered names."""
+    if name in seqio.MixtureRegistry.names():
+        return seqio.get_mixture_or_task(name)
+    if name in seqio.TaskRegistry.names():
+        return seqio.get_mixture_or_task(name)
+    names = registered_names()
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    if not names:
+        hint += " No tasks are registered: import a task module first (e.g. 'tasks.demo')."
+    raise ValueError(f"Unknown SeqIO task or mixture {name!r}.{hint}")
+
+
+def leaf_tasks(name: str) -> list[seqio.Task]:
+    """The tasks of a mixture (recursively, registration order) or ``[task]`` for a task."""
+    provider = get_mixture_or_task(name)
+    if isinstance(provider, seqio.Mixture):
+        return list(provider.tasks)
+    return [provider]
+
+
+def set_task_group(task_name: str, group: str) -> None:
+    """Tags a task with an evaluation group (called by task modules at registration)."""
+    if group not in EVAL_GROUPS:
+        raise ValueError(f"Task {task_name!r}: unknown eval group {group!r}; use {EVAL_GROUPS}.")
+    _task_groups[task_name] = group
+
+
+def task_group(task_name: str) -> str:
+    return _task_groups.get(task_name, DEFAULT_EVAL_GROUP)
