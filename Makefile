@@ -4,13 +4,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL_DIR ?= /tmp/t5x_instruct_quickstart
 PYTEST_ARGS ?=
+TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: setup test lint quickstart bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24"
+	# Pin the CPU build first: an open range would pull the newest (CUDA) torch wheels.
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test]"
+	# PromptSource's real template files for the P3 tests. Its metadata pins Python < 3.10
+	# and old streamlit, neither of which its templates need, hence no deps / no version check.
+	$(PY) -m pip install -q --no-deps --ignore-requires-python "promptsource==0.2.3"
 	touch $@
 
 setup: $(VENV)/.installed
