@@ -18,6 +18,7 @@ from pathlib import Path
 import gin
 
 import t5x_instruct
+from t5x_instruct.errors import UserInputError
 
 GIN_DIR = Path(t5x_instruct.__file__).resolve().parents[1] / "gin"
 
@@ -27,7 +28,7 @@ CONFIGURABLE_MODULES: tuple[str, ...] = ("t5x_instruct.models", "t5x_instruct.pa
 _added_search_paths: set[str] = set()
 
 
-class GinConfigError(ValueError):
+class GinConfigError(UserInputError):
     """A gin file or binding could not be parsed; the message names which one."""
 
 

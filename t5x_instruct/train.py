@@ -23,18 +23,15 @@ def main(argv: Sequence[str]) -> int:
         sys.path.insert(0, str(REPO_ROOT))
 
     from t5x_instruct.cli.gin_flags import call_with_required_macros, configure
-    from t5x_instruct.gin_utils import GinConfigError
-    from t5x_instruct.training.checkpoints import CheckpointShapeError
+    from t5x_instruct.errors import UserInputError
     from t5x_instruct.training.loop import train
 
     try:
         configure(argv)
         call_with_required_macros(train)
-    except (GinConfigError, CheckpointShapeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyError as exc:  # unknown task / mixture names come back as KeyError
-        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+    except UserInputError as exc:
+        # Gin appends "In call to configurable ..." lines; the first line is the message.
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     return 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import difflib
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +24,9 @@ MACROS = {
     "USE_CACHED_TASKS": "use_cached_tasks",
 }
 
+# Unquoted paths and words (``/tmp/run``, ``gs://b/x``) are taken as strings; anything else
+# (lists, dicts, half-typed brackets) goes to gin as written, so its errors stay visible.
+_BARE_WORD = re.compile(r"^[\w./:~+-]+$")
 _BINDING = re.compile(r"^\s*([A-Za-z_][\w./]*)\s*=\s*(.+)$", re.DOTALL)
 
 
@@ -57,9 +59,9 @@ def normalise_binding(binding: str) -> str:
             f"Malformed gin binding {binding!r}: expected KEY=VALUE, e.g. --gin.TRAIN_STEPS=100"
         )
     key, value = match.group(1), match.group(2).strip()
-    if _is_gin_value(value):
-        return f"{key} = {value}"
-    return f"{key} = {value!r}"
+    if _BARE_WORD.match(value) and not _is_gin_value(value):
+        return f"{key} = {value!r}"
+    return f"{key} = {value}"
 
 
 def _is_gin_value(value: str) -> bool:
@@ -79,8 +81,27 @@ def configure(argv: Sequence[str]) -> None:
     parse_gin(files, bindings, search_paths, clear=True)
 
 
+def check_required_macros() -> None:
+    """A macro still bound to ``%gin.REQUIRED`` names itself (gin would pass a placeholder)."""
+    missing = []
+    for macro in MACROS:
+        try:
+            value = gin.query_parameter(f"{macro}/macro.value")
+        except ValueError:
+            continue  # not declared by the run's gin files at all
+        if str(value) == "%gin.REQUIRED":
+            missing.append(macro)
+    if missing:
+        raise GinConfigError(
+            f"Required macro(s) not set: {', '.join(missing)}; pass "
+            + " ".join(f"--gin.{m}=..." for m in missing)
+            + " or bind them in a gin file."
+        )
+
+
 def call_with_required_macros(fn: Callable[..., Any]) -> Any:
     """Call a gin configurable; turn a missing REQUIRED argument into the macro to set."""
+    check_required_macros()
     try:
         return fn()
     except (RuntimeError, ValueError, TypeError) as exc:
@@ -100,14 +121,3 @@ def call_with_required_macros(fn: Callable[..., Any]) -> Any:
             f"Missing required setting(s) {missing}: set {', '.join(hints)} on the command line "
             "or in a gin file."
         ) from exc
-
-
-def suggest_macro(name: str) -> list[str]:
-    return difflib.get_close_matches(name, list(MACROS), n=3)
-
-
-def current_macro(name: str) -> Any:
-    try:
-        return gin.query_parameter(f"{name}/macro.value")
-    except ValueError:
-        return None

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import gin
 import seqio
 
+from t5x_instruct.errors import UserInputError
+
 EVAL_GROUPS = ("train_tasks", "heldout_templates", "heldout_task")
 DEFAULT_EVAL_GROUP = "train_tasks"
 
@@ -40,6 +42,10 @@ def registered_names() -> list[str]:
     return sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
 
 
+class UnknownTaskError(UserInputError):
+    """No task or mixture is registered under the name asked for."""
+
+
 def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
     """The task or mixture called ``name``; an unknown name raises ``ValueError`` listing
     the closest registered names."""
@@ -52,7 +58,7 @@ def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     if not names:
         hint += " No tasks are registered: import a task module first (e.g. 'tasks.demo')."
-    raise ValueError(f"Unknown SeqIO task or mixture {name!r}.{hint}")
+    raise UnknownTaskError(f"Unknown SeqIO task or mixture {name!r}.{hint}")
 
 
 def leaf_tasks(name: str) -> list[seqio.Task]:

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from t5x_instruct.errors import UserInputError
 from t5x_instruct.training.train_state import Params, TrainState
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 AssignmentMap = Sequence[tuple[str, str | None]]
 
 
-class CheckpointShapeError(ValueError):
+class CheckpointShapeError(UserInputError):
     """MODEL_DIR / INITIAL_CHECKPOINT_PATH holds parameters of another model shape."""
 
 

@@ -1,10 +1,14 @@
-"""Exact-match evaluation by greedy decoding, grouped per task."""
+"""Task metrics by greedy decoding (exact match for the demo), grouped per task.
+
+The evaluator only needs what :class:`EvalSource` describes, which the data layer's
+``EvalExamples`` provides; nothing here imports SeqIO or TensorFlow.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -13,31 +17,36 @@ from t5x_instruct.decoding import greedy_decode
 from t5x_instruct.training.train_state import ModelSpec, Params
 
 
-@dataclasses.dataclass
-class EvalSet:
-    """Tokenised inputs (``[n, length]``, 0-padded) and target strings of one task/split."""
+class EvalSource(Protocol):
+    task_name: str
+    group: str
+    inputs_text: Sequence[str]
+    targets_text: Sequence[str]
 
-    name: str
-    inputs: np.ndarray
-    targets: Sequence[str]
-    group: str = "train_tasks"  # e.g. train_tasks / heldout_templates / heldout_task
+    def __len__(self) -> int: ...
+
+    def inputs_array(self, length: int) -> np.ndarray: ...
+
+    def decode(self, token_ids: Sequence[int] | np.ndarray) -> str: ...
+
+    def score(self, predictions: Sequence[str]) -> dict[str, float]: ...
 
 
 @dataclasses.dataclass
 class EvalResult:
     name: str
     group: str
-    exact_match: float
+    metrics: dict[str, float]
     num_examples: int
     samples: list[tuple[str, str, str]]  # (input, prediction, target)
 
+    @property
+    def exact_match(self) -> float:
+        return self.metrics.get("exact_match", float("nan"))
 
-def _normalise(text: str) -> str:
-    return " ".join(text.strip().split())
 
-
-class ExactMatchEvaluator:
-    """Decodes every eval example with a fixed batch shape (one compilation) and scores it."""
+class GreedyEvaluator:
+    """Decodes every eval example with one fixed batch shape (a single compilation)."""
 
     def __init__(
         self,
@@ -45,16 +54,16 @@ class ExactMatchEvaluator:
         *,
         encoder_decoder: bool,
         prefix_lm: bool,
-        decode_text: Callable[[Sequence[int]], str],
         batch_size: int,
+        input_length: int,
         max_decode_length: int,
         eos_id: int = 1,
         num_samples: int = 3,
     ) -> None:
         self.encoder_decoder = encoder_decoder
         self.prefix_lm = prefix_lm
-        self.decode_text = decode_text
         self.batch_size = batch_size
+        self.input_length = input_length
         self.num_samples = num_samples
 
         def decode(params: Params, batch: dict[str, Any]) -> Any:
@@ -65,54 +74,45 @@ class ExactMatchEvaluator:
 
         self._decode = jax.jit(decode)
 
-    def _model_batch(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    def model_batch(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Decoder-only prompts match training: a leading 0 (shifted-in BOS), then inputs."""
         if self.encoder_decoder:
             return {"encoder_input_tokens": inputs}
-        # Decoder-only prompts match training: a leading 0 (shifted-right BOS) then inputs.
         prompt = np.concatenate([np.zeros((inputs.shape[0], 1), inputs.dtype), inputs], axis=1)
-        batch = {"decoder_input_tokens": prompt}
-        lengths = np.maximum((prompt != 0).cumsum(1).argmax(1) + 1, 1).astype(np.int32)
-        batch["prompt_lengths"] = lengths
+        lengths = (inputs != 0).sum(axis=1).astype(np.int32) + 1
+        batch = {"decoder_input_tokens": prompt, "prompt_lengths": lengths}
         if self.prefix_lm:
-            batch["decoder_causal_attention"] = (
-                np.arange(prompt.shape[1])[None] < lengths[:, None]
-            ).astype(np.int32)
+            positions = np.arange(prompt.shape[1])[None]
+            batch["decoder_causal_attention"] = (positions < lengths[:, None]).astype(np.int32)
         return batch
 
-    def predict(self, params: Params, inputs: np.ndarray) -> list[str]:
-        predictions: list[str] = []
-        n = inputs.shape[0]
-        for start in range(0, n, self.batch_size):
+    def predict(self, source: EvalSource) -> list[np.ndarray]:
+        inputs = source.inputs_array(self.input_length)
+        rows: list[np.ndarray] = []
+        for start in range(0, inputs.shape[0], self.batch_size):
             chunk = inputs[start : start + self.batch_size]
-            pad = self.batch_size - chunk.shape[0]
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, axis=0)], axis=0)
-            tokens = np.asarray(jax.device_get(self._decode(params, self._model_batch(chunk))))
-            for row in tokens[: self.batch_size - pad]:
-                ids = [int(t) for t in row]
-                ids = ids[: ids.index(1)] if 1 in ids else ids
-                predictions.append(self.decode_text([t for t in ids if t != 0]))
-        return predictions
+            real = chunk.shape[0]
+            if real < self.batch_size:  # pad with copies: same shape, no recompilation
+                chunk = np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - real, 0)])
+            tokens = np.asarray(jax.device_get(self._decode(self._params, self.model_batch(chunk))))
+            rows.extend(tokens[:real])
+        return rows
 
-    def evaluate(self, params: Params, eval_sets: Sequence[EvalSet]) -> list[EvalResult]:
+    def evaluate(self, params: Params, sources: Sequence[EvalSource]) -> list[EvalResult]:
+        self._params = params
         results = []
-        for eval_set in eval_sets:
-            predictions = self.predict(params, eval_set.inputs)
-            hits = [_normalise(p) == _normalise(t) for p, t in zip(predictions, eval_set.targets)]
+        for source in sources:
+            predictions = [source.decode(row) for row in self.predict(source)]
             samples = [
-                (
-                    self.decode_text([t for t in eval_set.inputs[i] if t not in (0, 1)]),
-                    predictions[i],
-                    eval_set.targets[i],
-                )
+                (source.inputs_text[i], predictions[i], source.targets_text[i])
                 for i in range(min(self.num_samples, len(predictions)))
             ]
             results.append(
                 EvalResult(
-                    name=eval_set.name,
-                    group=eval_set.group,
-                    exact_match=float(np.mean(hits)) if hits else 0.0,
-                    num_examples=len(hits),
+                    name=source.task_name,
+                    group=source.group,
+                    metrics=source.score(predictions),
+                    num_examples=len(predictions),
                     samples=samples,
                 )
             )

@@ -24,9 +24,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from t5x_instruct import partitioning
+from t5x_instruct.errors import UserInputError
 from t5x_instruct.models import DecoderConfig, T5Config, build_model
 from t5x_instruct.training import checkpoints as ckpt_lib
-from t5x_instruct.training.evaluation import EvalResult, EvalSet, ExactMatchEvaluator
+from t5x_instruct.training.evaluation import EvalResult, GreedyEvaluator
 from t5x_instruct.training.metrics import MetricsWriter
 from t5x_instruct.training.optimizers import learning_rate_schedule, make_optimizer
 from t5x_instruct.training.step import LossConfig, eval_step, metrics_from_sums, train_step
@@ -86,9 +87,10 @@ def train(
     async_checkpointing: bool = True,
     eval_period: int = 0,
     eval_batch_size: int = 32,
-    max_eval_examples: int = 256,
-    eval_tasks: Sequence[str] | None = None,
+    max_eval_examples: int | None = 256,
+    eval_mixture_or_task_name: str | None = None,
     validation_split: str = "validation",
+    final_eval_split: str = "test",
     max_decode_length: int | None = None,
     initial_checkpoint_path: str | None = None,
     assignment_map: Sequence[tuple[str, str | None]] = (),
@@ -102,8 +104,9 @@ def train(
     Restarting with the same MODEL_DIR resumes from its latest checkpoint, data position
     included, so a killed run continues with exactly the losses it would have had.
     """
+    _check_positive_ints(train_steps=train_steps, batch_size=batch_size, log_period=log_period)
     if eval_period and eval_period % log_period:
-        raise ValueError(
+        raise UserInputError(
             f"train.eval_period={eval_period} must be a multiple of train.log_period={log_period}"
         )
     from t5x_instruct import data  # lazy: TensorFlow only when a run actually reads data
@@ -114,7 +117,12 @@ def train(
     encoder_decoder = isinstance(config, T5Config)
     if not encoder_decoder and not isinstance(config, DecoderConfig):
         raise TypeError(f"Unsupported model config {type(config).__name__}")
-    model_type = "encoder_decoder" if encoder_decoder else decoder_objective
+    objectives = {"prefix_lm": "prefix_lm", "lm": "decoder"}
+    if decoder_objective not in objectives:
+        raise ValueError(
+            f"train.decoder_objective={decoder_objective!r}: expected 'prefix_lm' or 'lm'"
+        )
+    model_type = "encoder_decoder" if encoder_decoder else objectives[decoder_objective]
     mesh = partitioning.create_mesh(mesh_config or partitioning.MeshConfig())
     rules = list(logical_axis_rules or partitioning.standard_logical_axis_rules())
     schedule = learning_rate_schedule()
@@ -152,8 +160,7 @@ def train(
         )
     start_step = int(jax.device_get(state.step))
 
-    vocabulary = data.output_vocabulary(mixture_or_task_name)
-    dataset = data.get_dataset(
+    iterator = data.DataIterator(
         mixture_or_task_name,
         task_feature_lengths=dict(task_feature_lengths),
         split="train",
@@ -166,7 +173,8 @@ def train(
         num_shards=jax.process_count(),
         use_cached=use_cached_tasks,
     )
-    iterator = data.DataIterator(dataset, state=data_state or None)
+    if data_state:
+        iterator.restore(data_state)
 
     def _train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
         with partitioning.axis_rules(mesh, rules):
@@ -178,21 +186,25 @@ def train(
     jit_step = None
     rng = jax.random.PRNGKey(seed)
     writer = MetricsWriter(model_dir, resume_step=start_step)
-    evaluator, eval_sets, val_batches = _make_evals(
-        data,
+    eval_name = eval_mixture_or_task_name or mixture_or_task_name
+    evaluator = GreedyEvaluator(
         spec,
-        mixture_or_task_name,
-        eval_tasks,
-        task_feature_lengths,
-        model_type,
-        encoder_decoder,
-        vocabulary,
-        eval_batch_size,
-        max_eval_examples,
-        validation_split,
-        max_decode_length,
-        seed,
+        encoder_decoder=encoder_decoder,
+        prefix_lm=model_type == "prefix_lm",
+        batch_size=eval_batch_size,
+        input_length=task_feature_lengths["inputs"],
+        max_decode_length=max_decode_length or task_feature_lengths["targets"],
     )
+    eval_sources: list[Any] = []
+    val_batches: list[dict[str, np.ndarray]] = []
+    if eval_period:
+        eval_sources = data.get_eval_examples(
+            eval_name, validation_split, max_examples=max_eval_examples
+        )
+        val_batches = _validation_batches(
+            data, mixture_or_task_name, task_feature_lengths, validation_split,
+            eval_batch_size, model_type, max_eval_examples,
+        )  # fmt: skip
     eval_loss_fn = jax.jit(lambda params, batch: eval_step(spec, loss_config, params, batch))
 
     step = start_step
@@ -244,7 +256,7 @@ def train(
                 if eval_period and step % eval_period == 0:
                     record.update(
                         _run_evals(
-                            evaluator, eval_sets, val_batches, eval_loss_fn, state, mesh, rules
+                            evaluator, eval_sources, val_batches, eval_loss_fn, state, mesh, rules
                         )
                     )
                 written = writer.write(step, record)
@@ -260,8 +272,12 @@ def train(
     checkpointer.close()
 
     summary: dict[str, Any] = {"step": step, "model_dir": model_dir}
-    if final_eval and step >= train_steps and evaluator is not None:
-        results = evaluator.evaluate(state.params, eval_sets)
+    if final_eval and step >= train_steps:
+        sources = data.get_eval_examples(
+            eval_name, final_eval_split, max_examples=max_eval_examples
+        )
+        results = evaluator.evaluate(state.params, sources)
+        summary["eval_split"] = final_eval_split
         summary["eval"] = _summarise(results)
         summary["samples"] = {r.name: r.samples for r in results}
         print_eval_table(results)
@@ -269,6 +285,12 @@ def train(
             json.dump(summary, f, indent=2)
     writer.close()
     return summary
+
+
+def _check_positive_ints(**values: Any) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise UserInputError(f"train.{name} must be a positive integer, got {value!r}.")
 
 
 def _count_tokens(batch: Mapping[str, np.ndarray]) -> int:
@@ -279,57 +301,37 @@ def _count_tokens(batch: Mapping[str, np.ndarray]) -> int:
     return total
 
 
-def _make_evals(
+def _validation_batches(
     data: Any,
-    spec: ModelSpec,
-    mixture: str,
-    eval_tasks: Sequence[str] | None,
+    name: str,
     lengths: Mapping[str, int],
-    model_type: str,
-    encoder_decoder: bool,
-    vocabulary: Any,
-    batch_size: int,
-    max_examples: int,
     split: str,
-    max_decode_length: int | None,
-    seed: int,
-) -> tuple[ExactMatchEvaluator | None, list[EvalSet], list[dict[str, np.ndarray]]]:
-    eval_sets = [
-        EvalSet(name=e.name, inputs=e.inputs, targets=e.targets, group=e.group)
-        for e in data.get_eval_sets(
-            mixture,
-            eval_tasks=eval_tasks,
+    batch_size: int,
+    model_type: str,
+    max_examples: int | None,
+) -> list[dict[str, np.ndarray]]:
+    """A fixed list of validation batches (unshuffled, one pass) for the validation loss."""
+    try:
+        dataset = data.get_dataset(
+            name,
+            task_feature_lengths=dict(lengths),
             split=split,
-            input_length=lengths["inputs"],
-            max_examples=max_examples,
+            batch_size=batch_size,
+            model_type=model_type,
+            pack=False,
+            shuffle=False,
+            num_epochs=1,
         )
-    ]
-    val_batches = data.get_validation_batches(
-        mixture,
-        task_feature_lengths=dict(lengths),
-        split=split,
-        batch_size=batch_size,
-        model_type=model_type,
-        max_examples=max_examples,
-        seed=seed,
-    )
-    if not eval_sets:
-        return None, [], val_batches
-    evaluator = ExactMatchEvaluator(
-        spec,
-        encoder_decoder=encoder_decoder,
-        prefix_lm=model_type == "prefix_lm",
-        decode_text=vocabulary.decode,
-        batch_size=batch_size,
-        max_decode_length=max_decode_length or lengths["targets"],
-        eos_id=vocabulary.eos_id,
-    )
-    return evaluator, eval_sets, val_batches
+    except ValueError as exc:  # e.g. the training mixture has no validation split
+        log.warning("No validation loss: %s", exc)
+        return []
+    limit = None if max_examples is None else max(1, max_examples // batch_size)
+    return list(dataset.take(limit if limit is not None else -1).as_numpy_iterator())
 
 
 def _run_evals(
-    evaluator: ExactMatchEvaluator | None,
-    eval_sets: list[EvalSet],
+    evaluator: GreedyEvaluator,
+    eval_sources: Sequence[Any],
     val_batches: list[dict[str, np.ndarray]],
     eval_loss_fn: Any,
     state: TrainState,
@@ -344,16 +346,15 @@ def _run_evals(
             sums = part if not sums else jax.tree.map(jnp.add, sums, part)
         for name, value in metrics_from_sums(jax.device_get(sums)).items():
             out[f"validation/{name}"] = float(value)
-    if evaluator is not None:
-        for result in evaluator.evaluate(state.params, eval_sets):
-            out[f"eval/{result.name}/exact_match"] = result.exact_match
+    for result in evaluator.evaluate(state.params, eval_sources):
+        for metric, value in result.metrics.items():
+            out[f"eval/{result.name}/{metric}"] = value
     return out
 
 
 def _summarise(results: Sequence[EvalResult]) -> dict[str, Any]:
     per_task = {
-        r.name: {"group": r.group, "exact_match": r.exact_match, "num_examples": r.num_examples}
-        for r in results
+        r.name: {"group": r.group, **r.metrics, "num_examples": r.num_examples} for r in results
     }
     groups: dict[str, list[float]] = {}
     for r in results:
