@@ -78,3 +78,8 @@ def test_bare_string_values_are_quoted_for_gin() -> None:
     assert normalise_binding("TRAIN_STEPS=10") == "TRAIN_STEPS = 10"
     assert normalise_binding("x.y=@foo()") == "x.y = @foo()"
     assert normalise_binding("MODEL_DIR='/a b'") == "MODEL_DIR = '/a b'"
+
+
+def test_batch_size_that_does_not_split_over_the_mesh_is_refused(capsys, tmp_path) -> None:
+    message = _error(capsys, [*QUICK, f"--gin.MODEL_DIR={tmp_path}", "--gin.BATCH_SIZE=12"])
+    assert "train.batch_size=12 must be divisible by the 8 batch shards" in message

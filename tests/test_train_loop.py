@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -50,7 +51,10 @@ def test_loss_falls_on_demo_mixture(tmp_path, config) -> None:
         batch_size=16,
         log_period=5,
         checkpoint_period=1000,
-        final_eval=False,
+        eval_period=30,
+        eval_mixture_or_task_name=tasks.demo.EVAL_MIXTURE,
+        max_eval_examples=8,
+        eval_batch_size=8,
         progress_bar=False,
         model_spec=ModelSpec.create(lambda: build_model(config)),
     )
@@ -64,6 +68,21 @@ def test_loss_falls_on_demo_mixture(tmp_path, config) -> None:
     assert last < 0.6 * first, (first, last)
     # TensorBoard event files are written too.
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
+    # Periodic evals land in the record of their step: validation loss and per-task metrics.
+    by_step = {r["step"]: r for r in records}
+    for step in (30, 60):
+        assert by_step[step]["validation/loss"] > 0
+        assert 0.0 <= by_step[step]["eval/demo_sentiment/exact_match"] <= 1.0
+    assert "validation/loss" not in by_step[25]
+    # The final summary covers every eval task, grouped as the quickstart reports them.
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    per_task = saved["eval"]["per_task"]
+    assert len(per_task) == 23
+    assert {t["group"] for t in per_task.values()} == {
+        "train_tasks", "heldout_templates", "heldout_task",
+    }  # fmt: skip
+    assert all(t["num_examples"] == 8 for t in per_task.values())
 
 
 RUN_ARGS = [

@@ -86,7 +86,8 @@ class GreedyEvaluator:
             batch["decoder_causal_attention"] = (positions < lengths[:, None]).astype(np.int32)
         return batch
 
-    def predict(self, source: EvalSource) -> list[np.ndarray]:
+    def predict(self, params: Params, source: EvalSource) -> list[np.ndarray]:
+        """Generated token rows (``[max_decode_length]`` each), one per example in order."""
         inputs = source.inputs_array(self.input_length)
         rows: list[np.ndarray] = []
         for start in range(0, inputs.shape[0], self.batch_size):
@@ -94,15 +95,14 @@ class GreedyEvaluator:
             real = chunk.shape[0]
             if real < self.batch_size:  # pad with copies: same shape, no recompilation
                 chunk = np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - real, 0)])
-            tokens = np.asarray(jax.device_get(self._decode(self._params, self.model_batch(chunk))))
+            tokens = np.asarray(jax.device_get(self._decode(params, self.model_batch(chunk))))
             rows.extend(tokens[:real])
         return rows
 
     def evaluate(self, params: Params, sources: Sequence[EvalSource]) -> list[EvalResult]:
-        self._params = params
         results = []
         for source in sources:
-            predictions = [source.decode(row) for row in self.predict(source)]
+            predictions = [source.decode(row) for row in self.predict(params, source)]
             samples = [
                 (source.inputs_text[i], predictions[i], source.targets_text[i])
                 for i in range(min(self.num_samples, len(predictions)))

@@ -27,9 +27,10 @@ from t5x_instruct import partitioning
 from t5x_instruct.errors import UserInputError
 from t5x_instruct.models import DecoderConfig, T5Config, build_model
 from t5x_instruct.training import checkpoints as ckpt_lib
-from t5x_instruct.training.evaluation import EvalResult, GreedyEvaluator
+from t5x_instruct.training.evaluation import GreedyEvaluator
 from t5x_instruct.training.metrics import MetricsWriter
 from t5x_instruct.training.optimizers import learning_rate_schedule, make_optimizer
+from t5x_instruct.training.reporting import print_eval_table, summarise
 from t5x_instruct.training.step import LossConfig, eval_step, metrics_from_sums, train_step
 from t5x_instruct.training.train_state import (
     ModelSpec,
@@ -130,34 +131,16 @@ def train(
     loss_config = loss_config or LossConfig()
     log.info("Model: %s (%.2fM parameters)", type(config).__name__, spec.num_params() / 1e6)
 
+    _check_batch_divisible(mesh, rules, batch_size=batch_size, eval_batch_size=eval_batch_size)
     state_shardings = train_state_shardings(spec, optimizer, mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     checkpointer = ckpt_lib.Checkpointer(
         model_dir, keep=keep_checkpoints, async_save=async_checkpointing
     )
-    latest = checkpointer.latest_step()
-    data_state: dict[str, Any] = {}
-    if latest is not None:
-        abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            jax.eval_shape(lambda: init_train_state(spec.abstract_params(), optimizer)),
-            state_shardings,
-        )
-        state, data_state = checkpointer.restore(latest, abstract)
-        log.info("Resumed from %s at step %d", checkpointer.directory, latest)
-    else:
-        params = spec.init_params(mesh, rules)
-        if initial_checkpoint_path:
-            params = ckpt_lib.load_params_for_warm_start(
-                initial_checkpoint_path,
-                spec.abstract_params(),
-                params,
-                assignment_map=assignment_map,
-                fallback_to_scratch=fallback_to_scratch,
-            )
-        state = jax.jit(lambda p: init_train_state(p, optimizer), out_shardings=state_shardings)(
-            params
-        )
+    state, data_state = _restore_or_initialise(
+        spec, optimizer, mesh, rules, state_shardings, checkpointer,
+        initial_checkpoint_path, assignment_map, fallback_to_scratch,
+    )  # fmt: skip
     start_step = int(jax.device_get(state.step))
 
     iterator = data.DataIterator(
@@ -278,13 +261,62 @@ def train(
         )
         results = evaluator.evaluate(state.params, sources)
         summary["eval_split"] = final_eval_split
-        summary["eval"] = _summarise(results)
+        summary["eval"] = summarise(results)
         summary["samples"] = {r.name: r.samples for r in results}
         print_eval_table(results)
         with open(os.path.join(model_dir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
     writer.close()
     return summary
+
+
+def _restore_or_initialise(
+    spec: ModelSpec,
+    optimizer: optax.GradientTransformation,
+    mesh: Any,
+    rules: partitioning.AxisRules,
+    state_shardings: TrainState,
+    checkpointer: ckpt_lib.Checkpointer,
+    initial_checkpoint_path: str | None,
+    assignment_map: Sequence[tuple[str, str | None]],
+    fallback_to_scratch: bool,
+) -> tuple[TrainState, dict[str, Any]]:
+    """Resume from MODEL_DIR if it has a checkpoint, else initialise (optionally warm-start)."""
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            jax.eval_shape(lambda: init_train_state(spec.abstract_params(), optimizer)),
+            state_shardings,
+        )
+        state, data_state = checkpointer.restore(latest, abstract)
+        log.info("Resumed from %s at step %d", checkpointer.directory, latest)
+        return state, data_state
+    params = spec.init_params(mesh, rules)
+    if initial_checkpoint_path:
+        params = ckpt_lib.load_params_for_warm_start(
+            initial_checkpoint_path,
+            spec.abstract_params(),
+            params,
+            assignment_map=assignment_map,
+            fallback_to_scratch=fallback_to_scratch,
+        )
+    init = jax.jit(lambda p: init_train_state(p, optimizer), out_shardings=state_shardings)
+    return init(params), {}
+
+
+def _check_batch_divisible(mesh: Any, rules: partitioning.AxisRules, **sizes: int) -> None:
+    """Batches are split over the mesh axes the ``batch`` rule names; sizes must divide."""
+    sharding = partitioning.batch_sharding(mesh, rules, 1)
+    axes = sharding.spec[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    for name, size in sizes.items():
+        if size % shards:
+            raise UserInputError(
+                f"train.{name}={size} must be divisible by the {shards} batch shards of the mesh "
+                f"{dict(mesh.shape)} (batch axes {axes})."
+            )
 
 
 def _check_positive_ints(**values: Any) -> None:
@@ -350,37 +382,3 @@ def _run_evals(
         for metric, value in result.metrics.items():
             out[f"eval/{result.name}/{metric}"] = value
     return out
-
-
-def _summarise(results: Sequence[EvalResult]) -> dict[str, Any]:
-    per_task = {
-        r.name: {"group": r.group, **r.metrics, "num_examples": r.num_examples} for r in results
-    }
-    groups: dict[str, list[float]] = {}
-    for r in results:
-        groups.setdefault(r.group, []).append(r.exact_match)
-    return {
-        "per_task": per_task,
-        "mean_exact_match": {g: float(np.mean(v)) for g, v in groups.items()},
-    }
-
-
-def print_eval_table(results: Sequence[EvalResult], *, samples_per_group: int = 2) -> None:
-    """A per-task table grouped by train tasks / held-out templates / held-out task."""
-    width = max([len(r.name) for r in results] + [10])
-    print(f"\n{'task':<{width}}  {'group':<18} {'exact_match':>11} {'n':>5}")
-    print("-" * (width + 38))
-    for r in sorted(results, key=lambda r: (r.group, r.name)):
-        print(f"{r.name:<{width}}  {r.group:<18} {r.exact_match:>11.3f} {r.num_examples:>5}")
-    print("-" * (width + 38))
-    for group, summary in _summarise(results)["mean_exact_match"].items():
-        print(f"{'mean (' + group + ')':<{width + 20}} {summary:>11.3f}")
-    print("\nSample generations:")
-    shown: dict[str, int] = {}
-    for r in results:
-        for inp, pred, target in r.samples:
-            if shown.get(r.group, 0) >= samples_per_group:
-                break
-            shown[r.group] = shown.get(r.group, 0) + 1
-            mark = "ok " if " ".join(pred.split()) == " ".join(target.split()) else "bad"
-            print(f"  [{mark}] ({r.name}) {inp}\n        -> {pred!r} (target {target!r})")
