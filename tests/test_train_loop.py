@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -32,7 +33,8 @@ SMALL_DECODER = DecoderConfig(
 
 
 @pytest.mark.parametrize("config", [SMALL_T5, SMALL_DECODER], ids=["encoder_decoder", "prefix_lm"])
-def test_loss_falls_on_demo_mixture(tmp_path, config) -> None:
+def test_loss_falls_on_demo_mixture(tmp_path, caplog, config) -> None:
+    caplog.set_level(logging.INFO, logger="t5x_instruct")
     gin.parse_config(
         [
             "make_optimizer.name = 'adamw'",
@@ -74,6 +76,8 @@ def test_loss_falls_on_demo_mixture(tmp_path, config) -> None:
         assert by_step[step]["validation/loss"] > 0
         assert 0.0 <= by_step[step]["eval/demo_sentiment/exact_match"] <= 1.0
     assert "validation/loss" not in by_step[25]
+    assert "step 30: validation loss" in caplog.text
+    assert "train_tasks exact match" in caplog.text
     # The final summary covers every eval task, grouped as the quickstart reports them.
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))

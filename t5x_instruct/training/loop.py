@@ -237,11 +237,11 @@ def train(
                 if step == log_period or (start_step and step - start_step == log_period):
                     record["first_step_seconds"] = first_step_time
                 if eval_period and step % eval_period == 0:
-                    record.update(
-                        _run_evals(
-                            evaluator, eval_sources, val_batches, eval_loss_fn, state, mesh, rules
-                        )
+                    evals = _run_evals(
+                        evaluator, eval_sources, val_batches, eval_loss_fn, state, mesh, rules
                     )
+                    record.update(evals)
+                    log.info("step %d: %s", step, _eval_line(evals, eval_sources))
                 written = writer.write(step, record)
                 bar.set_postfix(loss=f"{written['loss']:.3f}")
                 tokens_since_log = 0
@@ -303,6 +303,20 @@ def _restore_or_initialise(
         )
     init = jax.jit(lambda p: init_train_state(p, optimizer), out_shardings=state_shardings)
     return init(params), {}
+
+
+def _eval_line(evals: Mapping[str, float], sources: Sequence[Any]) -> str:
+    """One console line: validation loss and mean exact match per eval group."""
+    parts = []
+    if "validation/loss" in evals:
+        parts.append(f"validation loss {evals['validation/loss']:.3f}")
+    groups: dict[str, list[float]] = {}
+    for source in sources:
+        value = evals.get(f"eval/{source.task_name}/exact_match")
+        if value is not None:
+            groups.setdefault(source.group, []).append(value)
+    parts += [f"{g} exact match {np.mean(v):.3f}" for g, v in sorted(groups.items())]
+    return ", ".join(parts)
 
 
 def _check_batch_divisible(mesh: Any, rules: partitioning.AxisRules, **sizes: int) -> None:
