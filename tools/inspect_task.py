@@ -72,8 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         for i, ex in enumerate(ds.take(args.n).as_numpy_iterator()):
             print(f"\n--- example {i}  template={_text(ex.get('template_id', b'-'))}  "
                   f"inputs={len(ex['inputs'])} tokens  targets={len(ex['targets'])} tokens")
-            print("[inputs]\n" + _text(ex.get("inputs_pretokenized", b"")))
-            print("[targets]\n" + _text(ex.get("targets_pretokenized", b"")))
+            for feature in ("inputs", "targets"):
+                # Mixtures drop the *_pretokenized copies; decode the ids instead.
+                text = ex.get(f"{feature}_pretokenized")
+                if text is None:
+                    text = provider.output_features[feature].vocabulary.decode(
+                        ex[feature].tolist()
+                    )
+                print(f"[{feature}]\n" + _text(text))
         if not args.no_packing:
             lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
             eff = packing_efficiency(args.name, args.split, args.seed, lengths)
