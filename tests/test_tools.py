@@ -1,0 +1,39 @@
+"""Command-line tools run on the embedded demo tasks and print what they promise."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_inspect_task_prints_rendered_examples_and_packing(capsys) -> None:
+    tool = _load("inspect_task")
+    tool.main(["demo_instructions", "-n", "3", "--module", "tasks.demo",
+               "--inputs_length", "48", "--targets_length", "8"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert len(re.findall(r"--- example \d+ ", out)) == 3
+    blocks = re.findall(r"\[inputs\]\n(.+)\n\[targets\]\n(.+)\n", out)
+    assert len(blocks) == 3 and all(inp.strip() and tgt.strip() for inp, tgt in blocks)
+    efficiency = float(re.search(r"packing efficiency .*: ([\d.]+)%", out).group(1))
+    assert 0.0 < efficiency <= 100.0
+
+
+def test_list_tasks_shows_demo_mixture_and_tasks(capsys) -> None:
+    tool = _load("list_tasks")
+    tool.main(["--module", "tasks.demo", "--filter", "^demo_"])
+    out = capsys.readouterr().out
+    assert "demo_instructions" in out
+    assert "demo_arithmetic" in out
+    assert "flan_" not in out
