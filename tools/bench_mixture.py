@@ -2,11 +2,15 @@
 
 Registers every Flan 2021 task variant (``tasks.flan``, ~1,300 incl. per-template tasks) on
 ``tfds.testing.mock_data`` plus NIv2-shaped in-memory tasks, mixes them at the Flan 2022
-collection weights, and measures: registration time, time and peak memory (ru_maxrss;
-optionally tracemalloc) to the first packed batch, and steady-state examples/s. A second part
-compares the two template renderers (``tf`` string ops vs ``py_function``) on one task.
+collection weights, and measures (by default on the fused mixture: one pipeline per data
+source, see ``t5x_instruct.data.templates.fused``; ``--path per_variant`` builds the plain
+SeqIO mixture, one pipeline per task, for comparison): registration time, time and peak
+memory (ru_maxrss; optionally tracemalloc) to the first packed batch, and steady-state
+examples/s. A second part compares the two template renderers (``tf`` string ops vs
+``py_function``) on one task.
 
-    .venv/bin/python tools/bench_mixture.py                 # full run
+    .venv/bin/python tools/bench_mixture.py                 # full run, fused mixture
+    .venv/bin/python tools/bench_mixture.py --path per_variant   # the old path (minutes)
     .venv/bin/python tools/bench_mixture.py --niv2_tasks 50 --render_only
 """
 
@@ -90,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render_examples", type=int, default=5000)
     parser.add_argument("--render_only", action="store_true")
     parser.add_argument("--tracemalloc", action="store_true")
+    parser.add_argument("--path", choices=("fused", "per_variant"), default="fused",
+                        help="fused: one pipeline per data source; per_variant: one per task")
     parser.add_argument("--tfdata_optimizations", action="store_true",
                         help="keep tf.data's default graph optimizations (slower to start with "
                              "thousands of inputs: measured 26 s vs 14 s for 100 tasks)")
@@ -123,7 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     register_mixture("bench_flan2021_all", flan_rates)
     tasks.flan.register_collection("bench_flan2022", {
         "flan2021": "bench_flan2021_all", "cot": "flan2021_cot", "niv2": "bench_niv2"})
-    num_tasks = len(data.leaf_tasks("bench_flan2022"))
+    mixture = "bench_flan2022"
+    if args.path == "fused":
+        from t5x_instruct.data.templates.fused import register_fused_mixture
+
+        mixture = "bench_flan2022_fused"
+        register_fused_mixture(mixture, [("bench_flan2022", 1.0)])
+    num_tasks = len(data.leaf_tasks(mixture))
     t_register = time.perf_counter() - t0
     print(f"registered {len(flan_names)} Flan + {len(niv2)} NIv2-shaped tasks; mixture has "
           f"{num_tasks} tasks ({t_register:.1f} s)", flush=True)  # fmt: skip
@@ -132,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     with tfds.testing.mock_data(num_examples=args.mock_examples,
                                 policy=tfds.testing.MockPolicy.USE_CODE):  # fmt: skip
         t1 = time.perf_counter()
-        ds = data.get_dataset("bench_flan2022", task_feature_lengths=lengths,
+        ds = data.get_dataset(mixture, task_feature_lengths=lengths,
                               batch_size=args.batch_size, pack=True, seed=0)  # fmt: skip
         if not args.tfdata_optimizations:
             import tensorflow as tf
@@ -161,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
           f"packed rows/s), encoder packing {eff:.0%}; peak RSS {rss:.2f} GiB"
           + (f"; tracemalloc peak {traced:.0f} MiB" if traced else ""))
     print(f"\n| date | {datetime.date.today()} |\n| machine | {platform.node()} "
-          f"{os.cpu_count()} cores |\n| tasks | {num_tasks} |")
+          f"{os.cpu_count()} cores |\n| tasks | {num_tasks} |\n| path | {args.path} |")
     return 0
 
 

@@ -131,7 +131,9 @@ def train(
     loss_config = loss_config or LossConfig()
     log.info("Model: %s (%.2fM parameters)", type(config).__name__, spec.num_params() / 1e6)
 
-    _check_batch_divisible(mesh, rules, batch_size=batch_size, eval_batch_size=eval_batch_size)
+    _check_batch_divisible(mesh, rules, batch_size=batch_size)
+    if eval_period:  # validation batches are sharded like training batches
+        _check_batch_divisible(mesh, rules, eval_batch_size=eval_batch_size)
     state_shardings = train_state_shardings(spec, optimizer, mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     checkpointer = ckpt_lib.Checkpointer(
