@@ -230,3 +230,9 @@ def test_bad_file_error_names_the_file(tmp_path: Path) -> None:
     missing_include.write_text("include 'models/nope.gin'\n")
     with pytest.raises(GinConfigError, match=r"inc\.gin.*models/nope\.gin"):
         parse_gin([missing_include], clear=True)
+
+
+def test_relative_bias_distance_must_exceed_exact_buckets() -> None:
+    with pytest.raises(ValueError, match="relative_attention_max_distance=16 must exceed"):
+        T5Config(relative_attention_num_buckets=32, relative_attention_max_distance=16)
+    assert T5Config(relative_attention_num_buckets=32, relative_attention_max_distance=17)

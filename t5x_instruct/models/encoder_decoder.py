@@ -58,6 +58,14 @@ class T5Config:
             raise ValueError(f"T5Config has non-positive sizes: {self}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"T5Config.dropout_rate={self.dropout_rate} must be in [0, 1).")
+        # The decoder's one-sided buckets hold offsets below num_buckets/2 exactly; the
+        # log-spaced rest divides by log(max_distance / that), which must not be log(1) = 0.
+        exact = self.relative_attention_num_buckets // 2
+        if self.relative_attention_max_distance <= exact:
+            raise ValueError(
+                f"T5Config.relative_attention_max_distance={self.relative_attention_max_distance}"
+                f" must exceed num_buckets/2={exact} (the exactly-bucketed offsets)."
+            )
 
 
 @struct.dataclass
