@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL_DIR ?= /tmp/t5x_instruct_quickstart
+RUN_GIN ?= gin/runs/quickstart.gin
 PYTEST_ARGS ?=
 TORCH_SPEC ?= torch==2.13.0
 
@@ -30,7 +31,7 @@ test: setup lint
 
 quickstart: setup
 	JAX_PLATFORMS=cpu $(PY) -m t5x_instruct.train \
-		--gin_file=gin/runs/quickstart.gin \
+		--gin_file=$(RUN_GIN) \
 		--gin.MODEL_DIR="'$(MODEL_DIR)'"
 
 clean:
