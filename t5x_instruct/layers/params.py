@@ -61,6 +61,13 @@ def dtype_from_name(name: str | jnp.dtype) -> jnp.dtype:
     return jnp.dtype(aliases.get(name, name))
 
 
+def split_rng(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
+    """``n`` independent keys, or ``n`` Nones when running without dropout."""
+    if rng is None:
+        return [None] * n
+    return list(jax.random.split(rng, n))
+
+
 def dropout(
     x: jax.Array,
     rate: float,

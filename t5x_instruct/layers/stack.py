@@ -122,6 +122,11 @@ class LayerStack(nnx.Module):
             return x, None
         return x, new_caches
 
+    @staticmethod
+    def first_layer_cache(caches: Any) -> Any:
+        """Layer 0's cache (a list entry), or the stacked caches (leaves ``[layers, ...]``)."""
+        return caches[0] if isinstance(caches, list) else caches
+
     def stack_caches(self, caches: list[Any]) -> Any:
         """Lay out per-layer caches as this stack expects them."""
         if self.scan:

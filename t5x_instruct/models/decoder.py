@@ -27,7 +27,7 @@ from t5x_instruct.layers import (
     dtype_from_name,
     init_kv_cache,
 )
-from t5x_instruct.layers.params import constrain, normal_init
+from t5x_instruct.layers.params import constrain, normal_init, split_rng
 
 
 @gin.configurable
@@ -100,7 +100,7 @@ class DecoderBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, ctx: _Ctx, cache: Any, rng: jax.Array | None):
         det = ctx.deterministic
-        r = [None] * 4 if rng is None else list(jax.random.split(rng, 4))
+        r = split_rng(rng, 4)
         h = self.pre_attention_norm(x)
         h, cache = self.attention(
             h,
@@ -209,7 +209,7 @@ class Decoder(nnx.Module):
         ctx = _Ctx(
             mask=mask, rope_positions=positions, decode_index=None, deterministic=deterministic
         )
-        r = [None] * 3 if dropout_rng is None else list(jax.random.split(dropout_rng, 3))
+        r = split_rng(dropout_rng, 3)
         x = self.token_embedder(tokens)
         x = dropout(x, self.cfg.dropout_rate, r[0], deterministic=deterministic)
         x, caches = self.layers(x, ctx, caches, r[1])
@@ -255,8 +255,7 @@ class Decoder(nnx.Module):
     ) -> tuple[jax.Array, dict]:
         """Feed ``tokens [b]`` at sequence index ``index [b]``; logits ``[b, vocab]``."""
         caches = state["cache"]
-        layer = caches[0] if isinstance(caches, list) else caches
-        max_len = layer["k"].shape[-3]
+        max_len = LayerStack.first_layer_cache(caches)["k"].shape[-3]
         ctx = _Ctx(
             mask=AttentionMask(
                 q_positions=index[:, None],

@@ -27,7 +27,7 @@ from t5x_instruct.layers import (
     dtype_from_name,
     init_kv_cache,
 )
-from t5x_instruct.layers.params import constrain, fan_in_init
+from t5x_instruct.layers.params import constrain, fan_in_init, split_rng
 
 
 @gin.configurable
@@ -85,12 +85,6 @@ class _DecoderCtx:
     deterministic: bool = struct.field(pytree_node=False)
 
 
-def _split(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
-    if rng is None:
-        return [None] * n
-    return list(jax.random.split(rng, n))
-
-
 class EncoderLayer(nnx.Module):
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs) -> None:
         dtype = dtype_from_name(cfg.dtype)
@@ -102,18 +96,11 @@ class EncoderLayer(nnx.Module):
         self.pre_mlp_layer_norm = RMSNorm(
             cfg.emb_dim, epsilon=cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs
         )
-        self.mlp = GatedMLP(
-            cfg.emb_dim,
-            cfg.mlp_dim,
-            activation=cfg.mlp_activation,
-            dropout_rate=cfg.dropout_rate,
-            dtype=dtype,
-            rngs=rngs,
-        )
+        self.mlp = _t5_mlp(cfg, dtype, rngs)
 
     def __call__(self, x: jax.Array, ctx: _EncoderCtx, cache: Any, rng: jax.Array | None):
         det = ctx.deterministic
-        r = _split(rng, 4)
+        r = split_rng(rng, 4)
         h = self.pre_attention_layer_norm(x)
         h, _ = self.attention(h, h, ctx.mask, bias=ctx.bias, deterministic=det, dropout_rng=r[0])
         x = x + dropout(h, self.dropout_rate, r[1], deterministic=det)
@@ -136,18 +123,11 @@ class DecoderLayer(nnx.Module):
         )
         self.encoder_decoder_attention = _t5_attention(cfg, dtype, rngs)
         self.pre_mlp_layer_norm = RMSNorm(cfg.emb_dim, epsilon=eps, dtype=dtype, rngs=rngs)
-        self.mlp = GatedMLP(
-            cfg.emb_dim,
-            cfg.mlp_dim,
-            activation=cfg.mlp_activation,
-            dropout_rate=cfg.dropout_rate,
-            dtype=dtype,
-            rngs=rngs,
-        )
+        self.mlp = _t5_mlp(cfg, dtype, rngs)
 
     def __call__(self, x: jax.Array, ctx: _DecoderCtx, cache: Any, rng: jax.Array | None):
         det = ctx.deterministic
-        r = _split(rng, 7)
+        r = split_rng(rng, 7)
         h = self.pre_self_attention_layer_norm(x)
         h, self_cache = self.self_attention(
             h,
@@ -175,6 +155,17 @@ class DecoderLayer(nnx.Module):
         x = x + dropout(h, self.dropout_rate, r[5], deterministic=det)
         new_cache = None if cache is None else {"self": self_cache, "cross": cache["cross"]}
         return constrain(x, ("batch", "length", "embed")), new_cache
+
+
+def _t5_mlp(cfg: T5Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> GatedMLP:
+    return GatedMLP(
+        cfg.emb_dim,
+        cfg.mlp_dim,
+        activation=cfg.mlp_activation,
+        dropout_rate=cfg.dropout_rate,
+        dtype=dtype,
+        rngs=rngs,
+    )
 
 
 def _t5_attention(cfg: T5Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> Attention:
@@ -244,7 +235,7 @@ class EncoderDecoder(nnx.Module):
     ) -> jax.Array:
         cfg = self.cfg
         seg = _segments(encoder_input_tokens, encoder_segment_ids)
-        r = _split(dropout_rng, 3)
+        r = split_rng(dropout_rng, 3)
         x = self.token_embedder(encoder_input_tokens)
         x = dropout(x, cfg.dropout_rate, r[0], deterministic=deterministic)
         ctx = _EncoderCtx(
@@ -279,7 +270,7 @@ class EncoderDecoder(nnx.Module):
             decode_index=None,
             deterministic=deterministic,
         )
-        r = _split(dropout_rng, 3)
+        r = split_rng(dropout_rng, 3)
         x = self.token_embedder(decoder_input_tokens)
         x = dropout(x, self.cfg.dropout_rate, r[0], deterministic=deterministic)
         x, _ = self.decoder(x, ctx, None, r[1])
@@ -303,7 +294,7 @@ class EncoderDecoder(nnx.Module):
         within a segment, which the segment ids already pin down.
         """
         del encoder_positions, decoder_positions
-        r = _split(dropout_rng, 2)
+        r = split_rng(dropout_rng, 2)
         encoded = self.encode(
             encoder_input_tokens, encoder_segment_ids, deterministic=deterministic, dropout_rng=r[0]
         )
@@ -376,7 +367,8 @@ class EncoderDecoder(nnx.Module):
     ) -> tuple[jax.Array, dict]:
         """Feed ``tokens [b]`` at decoder position ``index [b]``; logits ``[b, vocab]``."""
         cache = state["cache"]
-        max_len = _cache_length(cache)
+        # [b, max_len, h, d], or [layers, b, max_len, h, d] when scanned
+        max_len = LayerStack.first_layer_cache(cache)["self"]["k"].shape[-3]
         b = tokens.shape[0]
         ctx = _DecoderCtx(
             self_mask=AttentionMask(
@@ -404,9 +396,3 @@ def _segments(tokens: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
     if segment_ids is not None:
         return segment_ids.astype(jnp.int32)
     return (tokens != 0).astype(jnp.int32)
-
-
-def _cache_length(cache: Any) -> int:
-    layer = cache[0] if isinstance(cache, list) else cache
-    # [b, max_len, h, d], or [layers, b, max_len, h, d] when scanned
-    return layer["self"]["k"].shape[-3]
