@@ -24,6 +24,7 @@ setup: $(VENV)/.installed
 
 lint: setup
 	$(PY) -m ruff check t5x_instruct tasks tests tools
+	$(PY) -m ruff format --check t5x_instruct tasks tests tools
 
 test: setup lint
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \

@@ -107,8 +107,13 @@ def test_registration_errors(tmp_path):
         register_jsonl_task("custom_x", paths=[good], format="inputs_targets",
                             fields={"answer": "b"}, vocabulary=BYTES)  # fmt: skip
     with pytest.raises(TemplateError, match=r"Task 'custom_x', template 't'.*'question'"):
-        register_jsonl_task("custom_x", paths=[good], format="inputs_targets",
-                            template=Template("t", "{question}", "{targets}"), vocabulary=BYTES)
+        register_jsonl_task(
+            "custom_x",
+            paths=[good],
+            format="inputs_targets",
+            template=Template("t", "{question}", "{targets}"),
+            vocabulary=BYTES,
+        )
     with pytest.raises(FileNotFoundError, match=r"missing\.jsonl"):
         register_jsonl_task("custom_x", paths=[str(tmp_path / "missing.jsonl")], vocabulary=BYTES)
     with pytest.raises(ValueError, match="unknown format"):
@@ -118,8 +123,12 @@ def test_registration_errors(tmp_path):
         register_mixture("custom_mix", {"custom_ok": 0.0})
     with pytest.raises(ValueError, match="no tasks"):
         register_mixture("custom_mix", {})
-    assert register_mixture("custom_mix", {"custom_ok": 2.0}).get_rate(
-        seqio.get_mixture_or_task("custom_ok")) == 2.0
+    assert (
+        register_mixture("custom_mix", {"custom_ok": 2.0}).get_rate(
+            seqio.get_mixture_or_task("custom_ok")
+        )
+        == 2.0
+    )
 
 
 def test_gin_binding_registers_tasks(tmp_path):

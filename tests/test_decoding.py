@@ -29,8 +29,11 @@ def _prompts(lengths: tuple[int, ...], seed: int) -> list[np.ndarray]:
 
 def _decode(model, key: str, tokens: np.ndarray):
     return greedy(
-        model, {key: jnp.asarray(tokens)},
-        max_decode_length=STEPS, eos_id=NEVER_EOS, return_logits=True,
+        model,
+        {key: jnp.asarray(tokens)},
+        max_decode_length=STEPS,
+        eos_id=NEVER_EOS,
+        return_logits=True,
     )
 
 

@@ -91,7 +91,8 @@ def test_heldout_cluster_mixtures():
     assert sorted(eval_names) == sorted(f"{p}zero_shot" for p in nli)
     assert data.task_group("flan_rte_zero_shot") == "heldout_task"
     assert len(data.leaf_tasks("flan2021")) == len(train_names) + sum(
-        1 for t in data.leaf_tasks("flan2021") if t.name.startswith(tuple(nli)))
+        1 for t in data.leaf_tasks("flan2021") if t.name.startswith(tuple(nli))
+    )
     with pytest.raises(ValueError, match="Unknown cluster"):
         tasks.flan.heldout_cluster_mixtures("poetry")
 
@@ -102,8 +103,9 @@ def test_unknown_data_set_or_config_and_bad_template_fail_at_registration():
         tasks.flan.register_spec(dataclasses.replace(rte, tfds_name="glu/rte"))
     with pytest.raises(ValueError, match=r"no config 'rtee'.*'rte'"):
         tasks.flan.register_spec(dataclasses.replace(rte, tfds_name="glue/rtee"))
-    broken = dataclasses.replace(rte, name="rte_broken",
-                                 templates=(*rte.templates, ("{premise} {hypotesis}", "{answer}")))
+    broken = dataclasses.replace(
+        rte, name="rte_broken", templates=(*rte.templates, ("{premise} {hypotesis}", "{answer}"))
+    )
     with pytest.raises(TemplateError, match=r"flan_rte_broken_zero_shot', template '8'.*hypotesis"):
         tasks.flan.register_spec(broken)
     with pytest.raises(TemplateError, match=r"Task 'flan_rte_bad', template '1'.*malformed"):
@@ -132,7 +134,8 @@ def test_mock_data_end_to_end_deterministic_and_nothing_dropped(mock_tfds):
         assert len(first) == 8, name  # count in == count out
         assert first == _rendered(name), name  # a second build renders identical data
         shards = _rendered(name, shard_info=seqio.ShardInfo(0, 2)) + _rendered(
-            name, shard_info=seqio.ShardInfo(1, 2))
+            name, shard_info=seqio.ShardInfo(1, 2)
+        )
         assert sorted(shards) == sorted(first), name  # two hosts together = one host
     cot = _rendered("flan_gsm8k_cot")
     assert all(b"answer" in t.lower() or b"result" in t.lower() or b"hence" in t.lower()

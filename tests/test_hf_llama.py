@@ -57,9 +57,14 @@ def test_greedy_matches_hf_generate(kv_heads: int) -> None:
     steps = 8
     with torch.no_grad():
         ref = hf.generate(
-            input_ids=torch_ints(prompt), attention_mask=torch_ints(np.ones_like(prompt)),
-            max_new_tokens=steps, do_sample=False, num_beams=1, eos_token_id=EOS, pad_token_id=0,
-        ).numpy()[:, prompt.shape[1]:]
+            input_ids=torch_ints(prompt),
+            attention_mask=torch_ints(np.ones_like(prompt)),
+            max_new_tokens=steps,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=EOS,
+            pad_token_id=0,
+        ).numpy()[:, prompt.shape[1] :]
     out = greedy(
         ours, {"decoder_input_tokens": jnp.asarray(prompt)}, max_decode_length=steps, eos_id=EOS
     )

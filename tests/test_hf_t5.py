@@ -30,7 +30,8 @@ def _padded_batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def _hf_logits(hf, enc: np.ndarray, dec: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         out = hf(
-            input_ids=torch_ints(enc), attention_mask=torch_ints(enc != 0),
+            input_ids=torch_ints(enc),
+            attention_mask=torch_ints(enc != 0),
             decoder_input_ids=torch_ints(dec),
         )
     return out.logits.numpy()
@@ -57,9 +58,14 @@ def test_greedy_matches_hf_generate() -> None:
     steps = 8
     with torch.no_grad():
         ref = hf.generate(
-            input_ids=torch_ints(enc), attention_mask=torch_ints(enc != 0),
-            max_new_tokens=steps, do_sample=False, num_beams=1, eos_token_id=EOS,
-            pad_token_id=0, decoder_start_token_id=0,
+            input_ids=torch_ints(enc),
+            attention_mask=torch_ints(enc != 0),
+            max_new_tokens=steps,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=EOS,
+            pad_token_id=0,
+            decoder_start_token_id=0,
         ).numpy()[:, 1:]  # drop the start token
     out = greedy(
         ours, {"encoder_input_tokens": jnp.asarray(enc)}, max_decode_length=steps, eos_id=EOS

@@ -43,7 +43,9 @@ def test_t5_packed_encoder_and_decoder_match_each_alone(scan: bool) -> None:
     enc, dec = _pack(inputs, 14), _pack(targets, 9)
     packed = np.asarray(
         forward(
-            model, jnp.asarray(enc["tokens"]), jnp.asarray(dec["tokens"]),
+            model,
+            jnp.asarray(enc["tokens"]),
+            jnp.asarray(dec["tokens"]),
             encoder_segment_ids=jnp.asarray(enc["segment_ids"]),
             decoder_segment_ids=jnp.asarray(dec["segment_ids"]),
             encoder_positions=jnp.asarray(enc["positions"]),
@@ -75,7 +77,8 @@ def test_decoder_packed_matches_each_alone(scan: bool, prefix_lm: bool) -> None:
     for example, prefix, span in zip(examples, prefixes, _spans(examples)):
         alone_kwargs = (
             {"decoder_causal_attention": jnp.asarray(prefix[None].astype(np.int32))}
-            if prefix_lm else {}
+            if prefix_lm
+            else {}
         )
         alone = np.asarray(forward(model, jnp.asarray(example[None]), **alone_kwargs))
         np.testing.assert_allclose(packed[0, span], alone[0], atol=1e-4, rtol=0)

@@ -194,11 +194,21 @@ LAYOUTS = [
 
 # Every sharded size divides 8: emb 32, vocab 256, mlp 64, (kv_)heads 4 or 8.
 T5_TINY = T5Config(
-    vocab_size=256, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
-    num_encoder_layers=2, num_decoder_layers=2,
+    vocab_size=256,
+    emb_dim=32,
+    num_heads=4,
+    head_dim=8,
+    mlp_dim=64,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
 )
 DECODER_TINY = DecoderConfig(
-    vocab_size=256, emb_dim=32, num_heads=8, num_kv_heads=4, head_dim=8, mlp_dim=64,
+    vocab_size=256,
+    emb_dim=32,
+    num_heads=8,
+    num_kv_heads=4,
+    head_dim=8,
+    mlp_dim=64,
     num_layers=2,
 )
 
@@ -233,9 +243,7 @@ def test_parameters_placed_as_rules_say(
     params = _tiny_params(family, scan)
     placed = jax.device_put(params, state_shardings(params, mesh, rules))
 
-    leaves = jax.tree.leaves_with_path(
-        placed, is_leaf=lambda x: isinstance(x, nnx.Variable)
-    )
+    leaves = jax.tree.leaves_with_path(placed, is_leaf=lambda x: isinstance(x, nnx.Variable))
     assert len(leaves) > 10
     for path, variable in leaves:
         names = _path_names(path)

@@ -122,8 +122,12 @@ def test_preset_builds_with_expected_parameter_count(preset: str) -> None:
         assert preset.startswith("models/t5_1_1/")
         if size in T5_SHAPES:
             assert (
-                cfg.emb_dim, cfg.mlp_dim, cfg.head_dim, cfg.num_heads,
-                cfg.num_encoder_layers, cfg.num_decoder_layers,
+                cfg.emb_dim,
+                cfg.mlp_dim,
+                cfg.head_dim,
+                cfg.num_heads,
+                cfg.num_encoder_layers,
+                cfg.num_decoder_layers,
             ) == T5_SHAPES[size]
         assert cfg.vocab_size == 32128
         assert not cfg.logits_via_embedding
@@ -136,8 +140,12 @@ def test_preset_builds_with_expected_parameter_count(preset: str) -> None:
         assert preset.startswith("models/decoder/")
         if size in DECODER_SHAPES:
             assert (
-                cfg.emb_dim, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads,
-                cfg.head_dim, cfg.mlp_dim,
+                cfg.emb_dim,
+                cfg.num_layers,
+                cfg.num_heads,
+                cfg.num_kv_heads,
+                cfg.head_dim,
+                cfg.mlp_dim,
             ) == DECODER_SHAPES[size]
         assert cfg.vocab_size == 32000
         assert (cfg.rope_theta, cfg.norm_epsilon, cfg.mlp_activation) == (10000.0, 1e-5, "silu")
@@ -156,7 +164,8 @@ def test_preset_builds_with_expected_parameter_count(preset: str) -> None:
     # FSDP over 8 devices must divide every parameter, whatever the head count.
     params = nnx.state(model, nnx.Param)
     for mesh_config in (
-        partitioning.MeshConfig(data=1, fsdp=8), partitioning.MeshConfig(data=2, fsdp=4)
+        partitioning.MeshConfig(data=1, fsdp=8),
+        partitioning.MeshConfig(data=2, fsdp=4),
     ):
         mesh = partitioning.create_mesh(mesh_config)
         shardings = partitioning.state_shardings(params, mesh, partitioning.fsdp_rules())
@@ -179,7 +188,10 @@ def test_macros_override_preset_defaults(preset: str) -> None:
         ),
     )
     assert (cfg.dropout_rate, cfg.dtype, cfg.scan_layers, cfg.remat_policy) == (
-        0.1, "float32", True, "dots",
+        0.1,
+        "float32",
+        True,
+        "dots",
     )
     # A direct binding after the preset wins over the macro.
     cfg = _bound_config(preset, ("T5Config.dropout_rate = 0.2", "DecoderConfig.dropout_rate = 0.2"))
@@ -196,9 +208,7 @@ def test_later_files_override_earlier_ones(tmp_path: Path) -> None:
 
 
 def test_files_resolve_from_extra_search_paths(tmp_path: Path) -> None:
-    (tmp_path / "mine.gin").write_text(
-        "include 'models/t5_1_1/tiny.gin'\nT5Config.num_heads = 8\n"
-    )
+    (tmp_path / "mine.gin").write_text("include 'models/t5_1_1/tiny.gin'\nT5Config.num_heads = 8\n")
     parse_gin(["mine.gin"], search_paths=[tmp_path], clear=True)
     cfg = gin.query_parameter("build_model.config").scoped_configurable_fn()
     assert (cfg.num_heads, cfg.emb_dim) == (8, 64)

@@ -20,11 +20,21 @@ from t5x_instruct.models import DecoderConfig, T5Config, build_model
 
 CONFIGS: dict[str, T5Config | DecoderConfig] = {
     "t5": T5Config(
-        vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
-        num_encoder_layers=2, num_decoder_layers=2,
+        vocab_size=64,
+        emb_dim=16,
+        num_heads=2,
+        head_dim=8,
+        mlp_dim=32,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
     ),
     "decoder": DecoderConfig(
-        vocab_size=64, emb_dim=16, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=32,
+        vocab_size=64,
+        emb_dim=16,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        mlp_dim=32,
         num_layers=2,
     ),
 }

@@ -26,11 +26,21 @@ from t5x_instruct.partitioning import MeshConfig
 # Sharded sizes divide every mesh below: emb 32, mlp 64, vocab 256, 8 heads / 4 KV heads.
 CONFIGS: dict[str, T5Config | DecoderConfig] = {
     "t5": T5Config(
-        vocab_size=256, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
-        num_encoder_layers=1, num_decoder_layers=1,
+        vocab_size=256,
+        emb_dim=32,
+        num_heads=4,
+        head_dim=8,
+        mlp_dim=64,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
     ),
     "decoder": DecoderConfig(
-        vocab_size=256, emb_dim=32, num_heads=8, num_kv_heads=4, head_dim=8, mlp_dim=64,
+        vocab_size=256,
+        emb_dim=32,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=8,
+        mlp_dim=64,
         num_layers=2,
     ),
 }
@@ -129,9 +139,9 @@ def test_loss_and_gradients_match_single_device(layout: str, family: str) -> Non
     assert len(flat) == len(flat_ref)
     for (path, ref), got in zip(flat_ref, flat):
         assert got.sharding.is_equivalent_to(
-            NamedSharding(mesh, partitioning.logical_to_mesh_axes(
-                _logical_axes(params, path), rules
-            )),
+            NamedSharding(
+                mesh, partitioning.logical_to_mesh_axes(_logical_axes(params, path), rules)
+            ),
             got.ndim,
         )
         np.testing.assert_allclose(

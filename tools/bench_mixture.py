@@ -30,8 +30,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 WORDS = (
-    "river", "stone", "light", "quick", "paper", "green", "north", "table", "music", "window",
-    "silver", "garden", "winter", "number", "people", "market", "simple", "letter", "yellow",
+    "river",
+    "stone",
+    "light",
+    "quick",
+    "paper",
+    "green",
+    "north",
+    "table",
+    "music",
+    "window",
+    "silver",
+    "garden",
+    "winter",
+    "number",
+    "people",
+    "market",
+    "simple",
+    "letter",
+    "yellow",
 )
 
 
@@ -52,8 +69,14 @@ def register_niv2_like(num_tasks: int, examples: int) -> dict[str, float]:
     for i in range(num_tasks):
         rng = random.Random(i)
         definition = f"Task {i}: " + _sentence(rng, rng.randint(10, 40))
-        rows = [{"definition": definition, "input": _sentence(rng, rng.randint(5, 80)),
-                 "output": _sentence(rng, rng.randint(1, 12))} for _ in range(examples)]
+        rows = [
+            {
+                "definition": definition,
+                "input": _sentence(rng, rng.randint(5, 80)),
+                "output": _sentence(rng, rng.randint(1, 12)),
+            }
+            for _ in range(examples)
+        ]
         name = f"bench_niv2_task{i:04d}"
         config = RenderConfig(name, template, fields=("definition", "input", "output"))
         add_rendered_task(name, InMemorySource({"train": rows}), config, vocabulary=vocab,
@@ -75,7 +98,8 @@ def bench_render(mode: str, n: int) -> float:
             "hypothesis": [_sentence(rng, 10) for _ in range(n)],
             "answer": ["yes"] * n}  # fmt: skip
     ds = tf.data.Dataset.from_tensor_slices(rows).map(
-        lambda ex: {**ex, "options": tf.constant(["yes", "it is not possible to tell", "no"])})
+        lambda ex: {**ex, "options": tf.constant(["yes", "it is not possible to tell", "no"])}
+    )
     config = RenderConfig("bench_render", build_templates("bench_render", NLI), mode=mode)
     out = apply_templates(ds, config).prefetch(64)
     start = time.perf_counter()
@@ -94,11 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render_examples", type=int, default=5000)
     parser.add_argument("--render_only", action="store_true")
     parser.add_argument("--tracemalloc", action="store_true")
-    parser.add_argument("--path", choices=("fused", "per_variant"), default="fused",
-                        help="fused: one pipeline per data source; per_variant: one per task")
-    parser.add_argument("--tfdata_optimizations", action="store_true",
-                        help="keep tf.data's default graph optimizations (slower to start with "
-                             "thousands of inputs: measured 26 s vs 14 s for 100 tasks)")
+    parser.add_argument(
+        "--path",
+        choices=("fused", "per_variant"),
+        default="fused",
+        help="fused: one pipeline per data source; per_variant: one per task",
+    )
+    parser.add_argument(
+        "--tfdata_optimizations",
+        action="store_true",
+        help="keep tf.data's default graph optimizations (slower to start with "
+        "thousands of inputs: measured 26 s vs 14 s for 100 tasks)",
+    )
     args = parser.parse_args(argv)
 
     results = {}
@@ -127,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         m = data.get_mixture_or_task(mix)
         flan_rates.update({t.name: m.get_rate(t) for t in m.tasks})
     register_mixture("bench_flan2021_all", flan_rates)
-    tasks.flan.register_collection("bench_flan2022", {
-        "flan2021": "bench_flan2021_all", "cot": "flan2021_cot", "niv2": "bench_niv2"})
+    tasks.flan.register_collection(
+        "bench_flan2022",
+        {"flan2021": "bench_flan2021_all", "cot": "flan2021_cot", "niv2": "bench_niv2"},
+    )
     mixture = "bench_flan2022"
     if args.path == "fused":
         from t5x_instruct.data.templates.fused import register_fused_mixture
@@ -169,11 +202,15 @@ def main(argv: list[str] | None = None) -> int:
         eff = np.count_nonzero(batch["encoder_input_tokens"]) / batch["encoder_input_tokens"].size
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     rows_per_s = args.steady_batches * args.batch_size / dt
-    print(f"steady state: {examples / dt:.0f} examples/s ({rows_per_s:.1f} "
-          f"packed rows/s), encoder packing {eff:.0%}; peak RSS {rss:.2f} GiB"
-          + (f"; tracemalloc peak {traced:.0f} MiB" if traced else ""))
-    print(f"\n| date | {datetime.date.today()} |\n| machine | {platform.node()} "
-          f"{os.cpu_count()} cores |\n| tasks | {num_tasks} |\n| path | {args.path} |")
+    print(
+        f"steady state: {examples / dt:.0f} examples/s ({rows_per_s:.1f} "
+        f"packed rows/s), encoder packing {eff:.0%}; peak RSS {rss:.2f} GiB"
+        + (f"; tracemalloc peak {traced:.0f} MiB" if traced else "")
+    )
+    print(
+        f"\n| date | {datetime.date.today()} |\n| machine | {platform.node()} "
+        f"{os.cpu_count()} cores |\n| tasks | {num_tasks} |\n| path | {args.path} |"
+    )
     return 0
 
 

@@ -45,10 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", type=int, default=5, help="examples to print")
     parser.add_argument("--split", default="train")
     parser.add_argument("--seed", type=int, default=0, help="shuffle/mixture seed")
-    parser.add_argument("--module", action="append", default=None,
-                        help="task module to import (repeatable); default tasks.demo, tasks.flan")
-    parser.add_argument("--mock_tfds", type=int, default=0, metavar="N",
-                        help="use N mock examples per TFDS data set")
+    parser.add_argument(
+        "--module",
+        action="append",
+        default=None,
+        help="task module to import (repeatable); default tasks.demo, tasks.flan",
+    )
+    parser.add_argument(
+        "--mock_tfds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="use N mock examples per TFDS data set",
+    )
     parser.add_argument("--inputs_length", type=int, default=512)
     parser.add_argument("--targets_length", type=int, default=128)
     parser.add_argument("--no_packing", action="store_true", help="skip packing efficiency")
@@ -70,15 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         kind = "mixture" if isinstance(provider, seqio.Mixture) else "task"
         print(f"{args.name} ({kind}, split={args.split}, seed={args.seed})")
         for i, ex in enumerate(ds.take(args.n).as_numpy_iterator()):
-            print(f"\n--- example {i}  template={_text(ex.get('template_id', b'-'))}  "
-                  f"inputs={len(ex['inputs'])} tokens  targets={len(ex['targets'])} tokens")
+            print(
+                f"\n--- example {i}  template={_text(ex.get('template_id', b'-'))}  "
+                f"inputs={len(ex['inputs'])} tokens  targets={len(ex['targets'])} tokens"
+            )
             for feature in ("inputs", "targets"):
                 # Mixtures drop the *_pretokenized copies; decode the ids instead.
                 text = ex.get(f"{feature}_pretokenized")
                 if text is None:
-                    text = provider.output_features[feature].vocabulary.decode(
-                        ex[feature].tolist()
-                    )
+                    text = provider.output_features[feature].vocabulary.decode(ex[feature].tolist())
                 print(f"[{feature}]\n" + _text(text))
         if not args.no_packing:
             lengths = {"inputs": args.inputs_length, "targets": args.targets_length}

@@ -1,7 +1,7 @@
 """Lists registered tasks and mixtures with their sizes (when known) and rates.
 
-    .venv/bin/python tools/list_tasks.py --filter '^flan2021'
-    .venv/bin/python tools/list_tasks.py --filter 'rte' --module tasks.flan
+.venv/bin/python tools/list_tasks.py --filter '^flan2021'
+.venv/bin/python tools/list_tasks.py --filter 'rte' --module tasks.flan
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ def _size(task, split: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--filter", default="", help="regular expression on names")
-    parser.add_argument("--module", action="append", default=None,
-                        help="task module to import (repeatable); default tasks.demo, tasks.flan")
+    parser.add_argument(
+        "--module",
+        action="append",
+        default=None,
+        help="task module to import (repeatable); default tasks.demo, tasks.flan",
+    )
     parser.add_argument("--split", default="train", help="split whose size is shown")
     parser.add_argument("--kind", choices=("all", "tasks", "mixtures"), default="all")
     args = parser.parse_args(argv)
@@ -53,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'task':<56} {'group':<18} {args.split + ' size':>12}  splits")
         for name in tasks:
             task = seqio.get_mixture_or_task(name)
-            print(f"{name:<56} {data.task_group(name):<18} {_size(task, args.split):>12}  "
-                  f"{','.join(task.splits)}")
+            print(
+                f"{name:<56} {data.task_group(name):<18} {_size(task, args.split):>12}  "
+                f"{','.join(task.splits)}"
+            )
         print(f"({len(tasks)} tasks)")
     return 0
 

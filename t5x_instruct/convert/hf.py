@@ -167,7 +167,8 @@ class _HFWeights:
 
     def check_all_used(self) -> None:
         left = [
-            k for k in self._sd
+            k
+            for k in self._sd
             if k not in self._used and not any(p.fullmatch(k) for p in self._ignored)
         ]
         if left:
@@ -190,8 +191,13 @@ def _heads_out(w: _HFWeights, name: str, heads: int, head_dim: int, d_out: int) 
 
 
 def _attention(
-    w: _HFWeights, prefix: str, names: tuple[str, str, str, str], d: int, heads: int,
-    kv_heads: int, head_dim: int,
+    w: _HFWeights,
+    prefix: str,
+    names: tuple[str, str, str, str],
+    d: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
 ) -> LayerParams:
     q, k, v, o = (f"{prefix}.{n}.weight" for n in names)
     return {
@@ -226,8 +232,7 @@ def _stack_layout(stack: str, layers: list[LayerParams], scan: bool) -> LayerPar
             for path, value in layer.items()
         }
     return {
-        (stack, "block", *path): np.stack([layer[path] for layer in layers])
-        for path in layers[0]
+        (stack, "block", *path): np.stack([layer[path] for layer in layers]) for path in layers[0]
     }
 
 
@@ -255,8 +260,6 @@ def _assign(model: nnx.Module, values: LayerParams) -> None:
         sharding = getattr(old, "sharding", None)
         var.set_value(jax.device_put(np.asarray(new, dtype=old.dtype), sharding))
     nnx.update(model, state)
-
-
 
 
 def t5_params_from_hf(state_dict: StateDict, model: EncoderDecoder) -> None:

@@ -172,8 +172,9 @@ def read_examples(
                 examples.extend(_examples(record, fmt, fields))
             except (KeyError, TypeError, ValueError) as e:
                 detail = f"missing field {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
-                message = f"{path}:{lineno}: {detail}" if not isinstance(e, DataFileError) \
-                    else str(e)
+                message = (
+                    f"{path}:{lineno}: {detail}" if not isinstance(e, DataFileError) else str(e)
+                )
                 if not skip_bad_rows:
                     raise DataFileError(f"Task {task!r}: {message}") from e
                 skipped += 1

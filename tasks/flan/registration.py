@@ -317,4 +317,3 @@ def heldout_cluster_mixtures(cluster: str, *, specs: Sequence[DatasetSpec] | Non
 def task_names(spec_name: str) -> list[str]:
     """Registered task names of one data set."""
     return sorted(n for n in seqio.TaskRegistry.names() if n.startswith(f"{PREFIX}{spec_name}_"))
-

@@ -34,11 +34,21 @@ def tiny_hf_t5(
     """T5 v1.1-style model; small bucket count so the log-spaced buckets are exercised."""
     torch.manual_seed(seed)
     cfg = T5Config(
-        vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=2,
-        num_decoder_layers=num_decoder_layers, relative_attention_num_buckets=8,
+        vocab_size=64,
+        d_model=32,
+        d_kv=8,
+        d_ff=48,
+        num_heads=4,
+        num_layers=2,
+        num_decoder_layers=num_decoder_layers,
+        relative_attention_num_buckets=8,
         relative_attention_max_distance=20,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=tie_word_embeddings,
-        dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=tie_word_embeddings,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
     )
     model = T5ForConditionalGeneration(cfg).eval()
     gen = torch.Generator().manual_seed(seed)
@@ -55,11 +65,19 @@ def tiny_hf_llama(
 ) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=num_kv_heads, rms_norm_eps=1e-5,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=num_kv_heads,
+        rms_norm_eps=1e-5,
         rope_parameters={"rope_type": "default", "rope_theta": 500.0},
-        initializer_range=0.1, tie_word_embeddings=tie_word_embeddings,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        initializer_range=0.1,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     cfg._attn_implementation = "eager"  # honours custom 4-D additive masks as given
     model = LlamaForCausalLM(cfg).eval()

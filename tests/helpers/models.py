@@ -21,16 +21,30 @@ from t5x_instruct.models import DecoderConfig, Model, T5Config, build_model
 
 def tiny_t5_config(*, scan: bool = False) -> T5Config:
     return T5Config(
-        vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=48,
-        num_encoder_layers=2, num_decoder_layers=2, relative_attention_num_buckets=8,
-        relative_attention_max_distance=20, scan_layers=scan,
+        vocab_size=64,
+        emb_dim=32,
+        num_heads=4,
+        head_dim=8,
+        mlp_dim=48,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=20,
+        scan_layers=scan,
     )
 
 
 def tiny_decoder_config(*, scan: bool = False, num_kv_heads: int = 2) -> DecoderConfig:
     return DecoderConfig(
-        vocab_size=64, emb_dim=32, num_heads=4, num_kv_heads=num_kv_heads, head_dim=8,
-        mlp_dim=48, num_layers=2, rope_theta=500.0, scan_layers=scan,
+        vocab_size=64,
+        emb_dim=32,
+        num_heads=4,
+        num_kv_heads=num_kv_heads,
+        head_dim=8,
+        mlp_dim=48,
+        num_layers=2,
+        rope_theta=500.0,
+        scan_layers=scan,
     )
 
 

@@ -66,9 +66,11 @@ def rendered_task_parts(task: seqio.Task) -> tuple[RenderConfig, Callable | None
         return None
     if pre[0].func is not apply_templates or "config" not in pre[0].keywords:
         return None
-    if pre[1] is not seqio.preprocessors.tokenize or pre[3] is not (
-        seqio.preprocessors.append_eos_after_trim
-    ) or not isinstance(pre[2], seqio.CacheDatasetPlaceholder):
+    if (
+        pre[1] is not seqio.preprocessors.tokenize
+        or pre[3] is not (seqio.preprocessors.append_eos_after_trim)
+        or not isinstance(pre[2], seqio.CacheDatasetPlaceholder)
+    ):
         return None
     config = pre[0].keywords["config"]
     if config.mode != "tf":
@@ -173,7 +175,8 @@ class _Group:
 
             def bucket(prefixes: list[str], counts: np.ndarray) -> tf.Tensor:
                 full = tf.strings.to_hash_bucket_fast(
-                    tf.strings.join([tf.gather(tf.constant(prefixes), v), key]), tb["modulus"])
+                    tf.strings.join([tf.gather(tf.constant(prefixes), v), key]), tb["modulus"]
+                )
                 return full % tf.gather(counts, v)
 
             t_local, f_local = bucket(tb["t_prefix"], tb["n_t"]), bucket(tb["f_prefix"], tb["n_f"])
@@ -233,8 +236,12 @@ class _ShotTables:
             return query
         pool = tf.gather(tf.constant(self.pool_sizes, tf.int64), v)
         safe_pool = tf.maximum(pool, 1)
-        start = tf.strings.to_hash_bucket_fast(
-            tf.strings.join([tf.gather(tf.constant(self.prefixes), v), key]), modulus) % safe_pool
+        start = (
+            tf.strings.to_hash_bucket_fast(
+                tf.strings.join([tf.gather(tf.constant(self.prefixes), v), key]), modulus
+            )
+            % safe_pool
+        )
         k = tf.gather(self.ks, v)
         steps = tf.range(self.max_k + 1, dtype=tf.int64)
         candidates = (start + steps) % safe_pool
@@ -248,7 +255,8 @@ class _ShotTables:
         texts = tf.gather(tf.gather(tf.constant(self.texts), row), chosen)
         sep = tf.gather(tf.constant(self.seps), v)
         lengths = tf.strings.length(texts, unit="UTF8_CHAR") + tf.strings.length(
-            sep, unit="UTF8_CHAR")
+            sep, unit="UTF8_CHAR"
+        )
         room = tf.gather(self.budgets, v) - tf.strings.length(query, unit="UTF8_CHAR")
         texts = tf.boolean_mask(texts, tf.cumsum(lengths) <= room)
         joined = tf.strings.reduce_join(tf.strings.join([texts, sep]))
@@ -347,20 +355,39 @@ class FusedMixture(seqio.Mixture):
                     ds = ds.shuffle(s.buffer, seed=seed)
                 index = tf.data.Dataset.from_tensors(tf.constant(si, tf.int64)).repeat()
                 streams.append(tf.data.Dataset.zip((ds, index)))
-            ds = streams[0] if len(streams) == 1 else tf.data.Dataset.sample_from_datasets(
-                streams, [sum(v.rate for v in s.variants) for s in group.sources],
-                seed=None if seed is None else seed + 1 + gi, stop_on_empty_dataset=True)
-            datasets.append(ds.map(group.render_fn(with_variant),
-                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+            ds = (
+                streams[0]
+                if len(streams) == 1
+                else tf.data.Dataset.sample_from_datasets(
+                    streams,
+                    [sum(v.rate for v in s.variants) for s in group.sources],
+                    seed=None if seed is None else seed + 1 + gi,
+                    stop_on_empty_dataset=True,
+                )
+            )
+            datasets.append(
+                ds.map(
+                    group.render_fn(with_variant),
+                    num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=True,
+                )
+            )
             rates.append(group.rate)
         sample_seed = seed if seed is not None else (None if shuffle else 42)
         if datasets:  # render per group, tokenise once (one map, not one per group)
-            ds = datasets[0] if len(datasets) == 1 else tf.data.Dataset.sample_from_datasets(
-                datasets, rates, seed=sample_seed, stop_on_empty_dataset=True)
+            ds = (
+                datasets[0]
+                if len(datasets) == 1
+                else tf.data.Dataset.sample_from_datasets(
+                    datasets, rates, seed=sample_seed, stop_on_empty_dataset=True
+                )
+            )
             ds = seqio.preprocessors.tokenize(ds, self.output_features, copy_pretokenized=True)
             ds = seqio.preprocessors.append_eos_after_trim(
-                ds, output_features=self.output_features,
-                sequence_length=sequence_length if trim_output_features else None)
+                ds,
+                output_features=self.output_features,
+                sequence_length=sequence_length if trim_output_features else None,
+            )
             datasets = [ds.map(functools.partial(_select, keep=keep))]
             rates = [sum(rates)]
             sample_seed = None if sample_seed is None else sample_seed + 1

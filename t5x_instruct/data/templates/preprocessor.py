@@ -168,15 +168,16 @@ def _render_tf(config: RenderConfig, table, ex: Mapping[str, tf.Tensor]) -> dict
     key, t_idx, f_idx = _choices_tf(config, ex)
     uses_options = any(t.uses_options for t in config.templates)
     if uses_options and OPTIONS_FIELD not in ex:
-        raise TemplateError(f"Task {config.task!r}: templates show {{options}} but examples "
-                            "have no 'options' field.")
+        raise TemplateError(
+            f"Task {config.task!r}: templates show {{options}} but examples "
+            "have no 'options' field."
+        )
     block = (
         options_block_tf(config.formats, f_idx, ex[OPTIONS_FIELD])
         if uses_options and config.show_options else tf.constant("")
     )  # fmt: skip
     branches = [
-        (lambda t=t: render_template_tf(t, ex, block, task=config.task))
-        for t in config.templates
+        (lambda t=t: render_template_tf(t, ex, block, task=config.task)) for t in config.templates
     ]
     inputs, targets = tf.switch_case(tf.cast(t_idx, tf.int32), branches)
     inputs = _with_exemplars(config, table, key, t_idx, f_idx, inputs)

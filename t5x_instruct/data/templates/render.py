@@ -73,9 +73,7 @@ def options_block_tf(
     def table(values: list[str]) -> tf.Tensor:
         return tf.gather(tf.constant(values), index)
 
-    prefixes = tf.gather(
-        tf.constant([f.item_prefixes(MAX_OPTIONS) for f in formats]), index
-    )[:n]
+    prefixes = tf.gather(tf.constant([f.item_prefixes(MAX_OPTIONS) for f in formats]), index)[:n]
     separators = tf.where(tf.range(n) < n - 1, table([f.separator for f in formats]), "")
     items = tf.strings.join([prefixes, options, table([f.suffix for f in formats]), separators])
     return tf.strings.join(
