@@ -3,8 +3,10 @@
 The kernels never see a dense mask. Each program loads the per-token metadata of its query
 block and of one key block (positions, segment ids, prefix flags) and rebuilds the
 ``[block_q, block_kv]`` mask, the relative-position bias and the "is this block empty?"
-predicate from those vectors. Everything here is plain ``jnp`` so it traces the same way
-inside a Pallas kernel (GPU/TPU/interpret) and outside it.
+predicate from those vectors. Query metadata is a ``[block_q, 1]`` column and key metadata a
+``[1, block_kv]`` row, so every pairwise rule is a 2-D broadcast: no 1-D <-> 2-D reshapes,
+which Mosaic (TPU) handles poorly. Everything here is plain ``jnp`` so it traces the same way
+inside a Pallas kernel (Triton, Mosaic or the interpreter) and outside it.
 """
 
 from __future__ import annotations
@@ -46,12 +48,13 @@ class KernelConfig:
     kv_len: int
     kv_pad: int  # padded key length seen by the kernel (> kv_len means a masked tail)
     groups: int  # query heads per KV head
+    target: str  # kernel family, 'gpu' or 'tpu' (see ``backend``)
     interpret: bool
 
 
 @dataclasses.dataclass(frozen=True)
 class Metadata:
-    """Padded per-token vectors, all int32: ``q_*`` are ``[b, q_pad]``, ``kv_*`` ``[b, kv_pad]``."""
+    """Padded per-token metadata (int32): ``q_*`` ``[b, q_pad, 1]``, ``kv_*`` ``[b, 1, kv_pad]``."""
 
     q_pos: jax.Array
     kv_pos: jax.Array
@@ -74,7 +77,7 @@ def _pad_to(x: jax.Array, length: int, value: int) -> jax.Array:
 def prepare_metadata(
     mask: AttentionMask, batch: int, q_len: int, kv_len: int, q_pad: int, kv_pad: int
 ) -> Metadata:
-    """Broadcast the mask vectors to ``[b, len]`` int32 and pad them with sentinels.
+    """Broadcast the mask vectors to int32 columns / rows and pad them with sentinels.
 
     Padded queries get a position before every key and their own segment, padded keys a
     position after every query; the kernels additionally drop padded keys by index, so the
@@ -89,13 +92,20 @@ def prepare_metadata(
 
     if (mask.q_segment_ids is None) != (mask.kv_segment_ids is None):
         raise ValueError("AttentionMask needs both q_segment_ids and kv_segment_ids, or neither.")
+
+    def column(x: jax.Array | None, fill: int, pad: int) -> jax.Array:
+        return _pad_to(full(x, q_len, fill), q_pad, pad)[:, :, None]
+
+    def row(x: jax.Array | None, fill: int, pad: int) -> jax.Array:
+        return _pad_to(full(x, kv_len, fill), kv_pad, pad)[:, None, :]
+
     return Metadata(
-        q_pos=_pad_to(full(q_pos, q_len, 0), q_pad, PAD_Q_POS),
-        kv_pos=_pad_to(full(kv_pos, kv_len, 0), kv_pad, PAD_KV_POS),
-        q_seg=_pad_to(full(mask.q_segment_ids, q_len, 1), q_pad, PAD_Q_SEG),
-        kv_seg=_pad_to(full(mask.kv_segment_ids, kv_len, 1), kv_pad, PAD_KV_SEG),
-        q_prefix=_pad_to(full(mask.q_in_prefix, q_len, 0), q_pad, 0),
-        kv_prefix=_pad_to(full(mask.kv_in_prefix, kv_len, 0), kv_pad, 0),
+        q_pos=column(q_pos, 0, PAD_Q_POS),
+        kv_pos=row(kv_pos, 0, PAD_KV_POS),
+        q_seg=column(mask.q_segment_ids, 1, PAD_Q_SEG),
+        kv_seg=row(mask.kv_segment_ids, 1, PAD_KV_SEG),
+        q_prefix=column(mask.q_in_prefix, 0, 0),
+        kv_prefix=row(mask.kv_in_prefix, 0, 0),
     )
 
 
@@ -110,6 +120,7 @@ def make_config(
     kv_len: int,
     kv_pad: int,
     groups: int,
+    target: str,
     interpret: bool,
 ) -> KernelConfig:
     has_prefix = mask.causal and mask.q_in_prefix is not None and mask.kv_in_prefix is not None
@@ -128,6 +139,7 @@ def make_config(
         kv_len=kv_len,
         kv_pad=kv_pad,
         groups=groups,
+        target=target,
         interpret=interpret,
     )
 
@@ -154,6 +166,11 @@ def pad_table(table: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------- in-kernel helpers
 
 
+def reduce_all(reduce, x: jax.Array) -> jax.Array:
+    """Reduce a 2-D tile to a scalar one axis at a time (Triton reduces a single axis)."""
+    return reduce(reduce(x, axis=1), axis=0)
+
+
 def block_is_empty(
     cfg: KernelConfig,
     q_meta: tuple[jax.Array, jax.Array, jax.Array],
@@ -167,13 +184,20 @@ def block_is_empty(
     """
     q_pos, q_seg, q_pre = q_meta
     kv_pos, kv_seg, kv_pre = kv_meta
+
+    def hi(x):
+        return reduce_all(jnp.max, x)
+
+    def lo(x):
+        return reduce_all(jnp.min, x)
+
     empty = None
     if cfg.causal:
-        empty = jnp.max(q_pos) < jnp.min(kv_pos)
+        empty = hi(q_pos) < lo(kv_pos)
         if cfg.has_prefix:
-            empty = empty & ~((jnp.max(q_pre) > 0) & (jnp.max(kv_pre) > 0))
+            empty = empty & ~((hi(q_pre) > 0) & (hi(kv_pre) > 0))
     if cfg.has_segments:
-        apart = (jnp.max(q_seg) < jnp.min(kv_seg)) | (jnp.min(q_seg) > jnp.max(kv_seg))
+        apart = (hi(q_seg) < lo(kv_seg)) | (lo(q_seg) > hi(kv_seg))
         empty = apart if empty is None else empty | apart
     return empty
 
@@ -195,11 +219,11 @@ def allowed_mask(
     kv_pos, kv_seg, kv_pre = kv_meta
     allowed = None
     if cfg.has_segments:
-        allowed = q_seg[:, None] == kv_seg[None, :]
+        allowed = q_seg == kv_seg
     if cfg.causal:
-        causal = q_pos[:, None] >= kv_pos[None, :]
+        causal = q_pos >= kv_pos
         if cfg.has_prefix:
-            causal = causal | ((q_pre[:, None] > 0) & (kv_pre[None, :] > 0))
+            causal = causal | ((q_pre > 0) & (kv_pre > 0))
         allowed = causal if allowed is None else allowed & causal
     return allowed
 
@@ -207,7 +231,7 @@ def allowed_mask(
 def bias_buckets(cfg: KernelConfig, q_pos: jax.Array, kv_pos: jax.Array) -> jax.Array:
     """``[bq, bk]`` int32 T5 buckets, computed with the exact function the reference uses."""
     return relative_position_bucket(
-        kv_pos[None, :] - q_pos[:, None],
+        kv_pos - q_pos,
         bidirectional=cfg.bidirectional,
         num_buckets=cfg.num_buckets,
         max_distance=cfg.max_distance,
@@ -227,16 +251,17 @@ def lookup_bias(buckets: jax.Array, read_entry, num_buckets: int) -> jax.Array:
 
 
 def bucket_sums(ds: jax.Array, buckets: jax.Array, num_buckets: int, width: int) -> jax.Array:
-    """``[width]`` fp32 vector: entry n is the sum of ``ds`` over pairs in bucket n.
+    """``[1, width]`` fp32 row: entry n is the sum of ``ds`` over pairs in bucket n.
 
     This is the transpose of :func:`lookup_bias`: d(table[h, n]) = sum of dlogits whose pair
     falls into bucket n.
     """
-    iota = lax.broadcasted_iota(jnp.int32, (width,), 0)
-    out = jnp.zeros((width,), jnp.float32)
+    iota = lax.broadcasted_iota(jnp.int32, (1, width), 1)
+    out = jnp.zeros((1, width), jnp.float32)
     for n in range(num_buckets):
-        # Two single-axis sums: Triton lowers reductions over one axis at a time only.
-        total = jnp.sum(jnp.sum(jnp.where(buckets == n, ds, 0.0), axis=1), axis=0)
+        # keepdims sums: a [1, 1] tile broadcasts into the row without a scalar round trip.
+        masked = jnp.where(buckets == n, ds, 0.0)
+        total = jnp.sum(jnp.sum(masked, axis=1, keepdims=True), axis=0, keepdims=True)
         out = jnp.where(iota == n, total, out)
     return out
 
@@ -270,14 +295,30 @@ def masked_logits(
 def online_softmax_step(
     carry: tuple[jax.Array, jax.Array, jax.Array], s: jax.Array, v: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Fold one key tile into the running (unnormalised out, row max, row sum), all fp32."""
+    """Fold one key tile into the running (unnormalised out, row max, row sum), all fp32.
+
+    ``m`` and ``denom`` are ``[bq, 1]`` columns, like the query metadata.
+    """
     acc, m, denom = carry
-    m_new = jnp.maximum(m, jnp.max(s, axis=1))
+    m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
     # m_new is -inf only while every key seen so far is wrapper padding; avoid inf - inf.
     m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
     alpha = jnp.exp(m - m_safe)
-    p = jnp.exp(s - m_safe[:, None])
-    denom = alpha * denom + jnp.sum(p, axis=1)
+    p = jnp.exp(s - m_safe)
+    denom = alpha * denom + jnp.sum(p, axis=1, keepdims=True)
     # bf16 inputs: P is rounded to bf16 for the PV matmul (as the reference rounds weights).
     pv = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return acc * alpha[:, None] + pv, m_new, denom
+    return acc * alpha + pv, m_new, denom
+
+
+def finish_softmax(
+    acc: jax.Array, m: jax.Array, denom: jax.Array, empty_lse: float
+) -> tuple[jax.Array, jax.Array]:
+    """Normalised output and ``[bq, 1]`` logsumexp; rows that saw no key get 0 and ``empty_lse``.
+
+    The flash kernels use ``+inf`` (the backward's ``exp(s - lse)`` is then exactly 0, not
+    NaN); the split-K decode kernel uses ``-inf`` (zero weight when merging splits).
+    """
+    seen = denom > 0.0
+    l_safe = jnp.where(seen, denom, 1.0)
+    return acc / l_safe, jnp.where(seen, m + jnp.log(l_safe), empty_lse)

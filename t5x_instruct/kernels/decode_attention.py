@@ -22,8 +22,9 @@ from jax.experimental import pallas as pl
 
 from t5x_instruct.kernels import block_masks as bm
 from t5x_instruct.kernels import reference
-from t5x_instruct.kernels.flash_attention import check_no_dropout, default_interpret
-from t5x_instruct.kernels.flash_forward import compiler_params, qk_logits
+from t5x_instruct.kernels.backend import compiler_params, resolve_interpret, resolve_target
+from t5x_instruct.kernels.flash_attention import check_no_dropout
+from t5x_instruct.kernels.flash_forward import qk_logits
 from t5x_instruct.kernels.masks import AttentionMask
 from t5x_instruct.kernels.relative_bias import RelativeBias
 
@@ -58,7 +59,7 @@ def _decode_kernel(
     def body(j, carry):
         start = pl.multiple_of(j * bk, bk)
         sl = pl.ds(start, bk)
-        kv_meta = (kv_pos_ref[sl], kv_seg_ref[sl], kv_pre_ref[sl])
+        kv_meta = (kv_pos_ref[:, sl], kv_seg_ref[:, sl], kv_pre_ref[:, sl])
 
         def visit(carry):
             k = k_ref[sl, :]
@@ -67,7 +68,7 @@ def _decode_kernel(
             if cfg.has_bias:
                 buckets = bm.bias_buckets(cfg, q_meta[0], kv_meta[0])
                 # Rows belong to different heads: the table is pre-gathered per row.
-                bias = bm.lookup_bias(buckets, lambda n: table_ref[:, n][:, None], cfg.num_buckets)
+                bias = bm.lookup_bias(buckets, lambda n: table_ref[:, n : n + 1], cfg.num_buckets)
             s, _ = bm.masked_logits(
                 cfg, qk_logits(q, k), q_meta, kv_meta, split_start + start, bias
             )
@@ -78,15 +79,13 @@ def _decode_kernel(
     rows, head_dim = q.shape
     init = (
         jnp.zeros((rows, head_dim), jnp.float32),
-        jnp.full((rows,), -jnp.inf, jnp.float32),
-        jnp.zeros((rows,), jnp.float32),
+        jnp.full((rows, 1), -jnp.inf, jnp.float32),
+        jnp.zeros((rows, 1), jnp.float32),
     )
-    acc, m, denom = lax.fori_loop(0, blocks_per_split, body, init)
-    seen = denom > 0.0
-    l_safe = jnp.where(seen, denom, 1.0)
-    o_ref[...] = acc / l_safe[:, None]
     # -inf marks "this split saw nothing": it then gets zero weight in the merge.
-    lse_ref[...] = jnp.where(seen, m + jnp.log(l_safe), -jnp.inf)
+    o_ref[...], lse_ref[...] = bm.finish_softmax(
+        *lax.fori_loop(0, blocks_per_split, body, init), -jnp.inf
+    )
 
 
 def decode_attention(
@@ -101,14 +100,22 @@ def decode_attention(
     dropout_rng: jax.Array | None = None,
     block_kv: int = DEFAULT_DECODE_BLOCK_KV,
     num_splits: int = DEFAULT_NUM_SPLITS,
+    target: str | None = None,
     interpret: bool | None = None,
 ) -> jax.Array:
-    """Attention for a short query block over a KV cache; shapes as ``reference.attention``."""
+    """Attention for a short query block over a KV cache; shapes as ``reference.attention``.
+
+    ``target`` / ``interpret`` as in ``flash_attention``; one kernel serves both families.
+    """
     del dropout_rng
     check_no_dropout(dropout_rate)
-    if interpret is None:
-        interpret = default_interpret()
-    static = (float(scale), int(block_kv), int(num_splits), bool(interpret))
+    static = (
+        float(scale),
+        int(block_kv),
+        int(num_splits),
+        resolve_target(target),
+        resolve_interpret(interpret),
+    )
     if bias is None:
         return _decode_vjp(static, None, query, key, value, None, mask)
     bias_static = (bias.bidirectional, bias.max_distance)
@@ -139,7 +146,7 @@ _decode_vjp.defvjp(_fwd, _bwd)
 
 
 def _decode_forward(static, bias_static, query, key, value, table, mask) -> jax.Array:
-    scale, block_kv, num_splits, interpret = static
+    scale, block_kv, num_splits, target, interpret = static
     batch, q_len, num_heads, head_dim = query.shape
     kv_len, num_kv_heads = key.shape[1], key.shape[2]
     if num_heads % num_kv_heads:
@@ -163,14 +170,15 @@ def _decode_forward(static, bias_static, query, key, value, table, mask) -> jax.
         kv_len=kv_len,
         kv_pad=kv_pad,
         groups=g,
+        target=target,
         interpret=interpret,
     )
     meta = bm.prepare_metadata(mask, batch, q_len, kv_len, q_len, kv_pad)
 
     def rows_of(x: jax.Array, fill: int) -> jax.Array:
-        # Row r is (query step r // g, head r % g of the group).
+        # Row r is (query step r // g, head r % g of the group); x is a [b, q_len, 1] column.
         x = jnp.repeat(x, g, axis=1)
-        return jnp.pad(x, ((0, 0), (0, rows_pad - rows)), constant_values=fill)
+        return jnp.pad(x, ((0, 0), (0, rows_pad - rows), (0, 0)), constant_values=fill)
 
     q_rows = query.reshape(batch, q_len, num_kv_heads, g, head_dim).transpose(0, 2, 1, 3, 4)
     q_rows = q_rows.reshape(batch, num_kv_heads, rows, head_dim)
@@ -193,9 +201,9 @@ def _decode_forward(static, bias_static, query, key, value, table, mask) -> jax.
     split_len = blocks_per_split * bk
     nbp = table_rows.shape[-1]
     grid = (batch, num_kv_heads, splits)
-    row_spec = pl.BlockSpec((None, rows_pad), lambda b, h, s: (b, 0))
+    row_spec = pl.BlockSpec((None, rows_pad, 1), lambda b, h, s: (b, 0, 0))
     kv_spec = pl.BlockSpec((None, split_len, None, head_dim), lambda b, h, s: (b, s, h, 0))
-    kv_meta_spec = pl.BlockSpec((None, split_len), lambda b, h, s: (b, s))
+    kv_meta_spec = pl.BlockSpec((None, 1, split_len), lambda b, h, s: (b, 0, s))
     o_part, lse_part = pl.pallas_call(
         functools.partial(_decode_kernel, cfg=cfg, blocks_per_split=blocks_per_split),
         grid=grid,
@@ -206,18 +214,19 @@ def _decode_forward(static, bias_static, query, key, value, table, mask) -> jax.
         + [pl.BlockSpec((None, rows_pad, nbp), lambda b, h, s: (h, 0, 0))],
         out_specs=[
             pl.BlockSpec((None, None, None, rows_pad, head_dim), lambda b, h, s: (b, h, s, 0, 0)),
-            pl.BlockSpec((None, None, None, rows_pad), lambda b, h, s: (b, h, s, 0)),
+            pl.BlockSpec((None, None, None, rows_pad, 1), lambda b, h, s: (b, h, s, 0, 0)),
         ],
         out_shape=[
             jax.ShapeDtypeStruct((batch, num_kv_heads, splits, rows_pad, head_dim), jnp.float32),
-            jax.ShapeDtypeStruct((batch, num_kv_heads, splits, rows_pad), jnp.float32),
+            jax.ShapeDtypeStruct((batch, num_kv_heads, splits, rows_pad, 1), jnp.float32),
         ],
         interpret=interpret,
-        compiler_params=None if interpret else compiler_params(len(grid)),
+        compiler_params=compiler_params(target, interpret, ("parallel",) * len(grid)),
         name="t5x_decode_attention",
     )(q_rows, *q_meta, key, value, *meta.kv_arrays(), table_rows)
 
     # Merge the splits: out = sum_s exp(lse_s - lse) * out_s.
+    lse_part = lse_part[..., 0]
     m = jnp.max(lse_part, axis=2, keepdims=True)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     w = jnp.exp(lse_part - m)  # 0 for splits that saw nothing

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from t5x_instruct.kernels import block_masks as bm
+from t5x_instruct.kernels.backend import resolve_interpret, resolve_target
 from t5x_instruct.kernels.flash_backward import flash_backward
 from t5x_instruct.kernels.flash_forward import flash_forward
 from t5x_instruct.kernels.masks import AttentionMask
@@ -28,11 +29,6 @@ from t5x_instruct.kernels.relative_bias import RelativeBias
 
 DEFAULT_BLOCK_Q = 128
 DEFAULT_BLOCK_KV = 128
-
-
-def default_interpret() -> bool:
-    """Pallas has no CPU lowering: interpret there, compile on GPU/TPU."""
-    return jax.default_backend() == "cpu"
 
 
 def check_no_dropout(dropout_rate: float) -> None:
@@ -56,9 +52,14 @@ def flash_attention(
     dropout_rng: jax.Array | None = None,
     block_q: int = DEFAULT_BLOCK_Q,
     block_kv: int = DEFAULT_BLOCK_KV,
+    target: str | None = None,
     interpret: bool | None = None,
 ) -> jax.Array:
-    """``softmax(scale * q k^T + bias, masked) v``; shapes as in ``reference.attention``."""
+    """``softmax(scale * q k^T + bias, masked) v``; shapes as in ``reference.attention``.
+
+    ``target`` ('gpu' / 'tpu') picks the kernel family and ``interpret`` the Pallas
+    interpreter; both default from the platform (see ``backend``).
+    """
     del dropout_rng
     check_no_dropout(dropout_rate)
     batch, q_len, num_heads, _ = query.shape
@@ -67,8 +68,6 @@ def flash_attention(
         raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv_heads} KV heads.")
     if key.dtype != query.dtype or value.dtype != query.dtype:
         raise ValueError(f"q/k/v dtypes differ: {query.dtype}, {key.dtype}, {value.dtype}")
-    if interpret is None:
-        interpret = default_interpret()
     bq = bm.block_size(block_q, q_len)
     bk = bm.block_size(block_kv, kv_len)
     q_pad, kv_pad = bm.round_up(q_len, bq), bm.round_up(kv_len, bk)
@@ -82,7 +81,8 @@ def flash_attention(
         kv_len=kv_len,
         kv_pad=kv_pad,
         groups=num_heads // num_kv_heads,
-        interpret=bool(interpret),
+        target=resolve_target(target),
+        interpret=resolve_interpret(interpret),
     )
     meta = bm.prepare_metadata(mask, batch, q_len, kv_len, q_pad, kv_pad)
     table = bias.table if bias is not None else jnp.zeros((num_heads, 1), jnp.float32)
@@ -104,16 +104,27 @@ def _flash_vjp(cfg, q, k, v, table, meta_arrays):
     return _fwd(cfg, q, k, v, table, meta_arrays)[0]
 
 
+def _kernels(cfg: bm.KernelConfig):
+    """(forward, backward) of the kernel family; both take and return the same shapes."""
+    if cfg.target == "tpu":
+        from t5x_instruct.kernels import flash_tpu
+
+        return flash_tpu.flash_forward_tpu, flash_tpu.flash_backward_tpu
+    return flash_forward, flash_backward
+
+
 def _fwd(cfg, q, k, v, table, meta_arrays):
     meta = bm.Metadata(*meta_arrays)
-    out, lse = flash_forward(q, k, v, meta, bm.pad_table(table), cfg)
+    forward, _ = _kernels(cfg)
+    out, lse = forward(q, k, v, meta, bm.pad_table(table), cfg)
     return out, (q, k, v, table, meta_arrays, out, lse)
 
 
 def _bwd(cfg, residuals, do):
     q, k, v, table, meta_arrays, out, lse = residuals
     meta = bm.Metadata(*meta_arrays)
-    dq, dk, dv, dtable = flash_backward(q, k, v, out, lse, do, meta, bm.pad_table(table), cfg)
+    _, backward = _kernels(cfg)
+    dq, dk, dv, dtable = backward(q, k, v, out, lse, do, meta, bm.pad_table(table), cfg)
     dtable = dtable[: table.shape[0], : table.shape[1]].astype(table.dtype)
     return dq, dk, dv, dtable, None
 

@@ -21,7 +21,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from t5x_instruct.kernels import block_masks as bm
-from t5x_instruct.kernels.flash_forward import compiler_params, qk_logits
+from t5x_instruct.kernels.backend import compiler_params
+from t5x_instruct.kernels.flash_forward import qk_logits
 
 
 def _probs_and_dlogits(cfg, q, k, v, do, lse, delta, q_meta, kv_meta, kv_start, table_entry):
@@ -32,9 +33,9 @@ def _probs_and_dlogits(cfg, q, k, v, do, lse, delta, q_meta, kv_meta, kv_start, 
         buckets = bm.bias_buckets(cfg, q_meta[0], kv_meta[0])
         bias = bm.lookup_bias(buckets, table_entry, cfg.num_buckets)
     s, allowed = bm.masked_logits(cfg, qk_logits(q, k), q_meta, kv_meta, kv_start, bias)
-    p = jnp.exp(s - lse[:, None])
+    p = jnp.exp(s - lse)
     dp = qk_logits(do, v)  # dO @ V^T: same contraction shape as Q @ K^T
-    ds = p * (dp - delta[:, None])
+    ds = p * (dp - delta)
     if allowed is not None:
         ds = jnp.where(allowed, ds, 0.0)
     return p, ds, buckets
@@ -66,11 +67,10 @@ def _dkdv_kernel(
     kv_meta = (kv_pos_ref[...], kv_seg_ref[...], kv_pre_ref[...])
     kv_start = pl.program_id(2) * bk
 
-    def q_body(idx, carry):
-        g, i = idx // num_q_blocks, idx % num_q_blocks
+    def q_body(g, i, carry):
         start = pl.multiple_of(i * bq, bq)
         sl = pl.ds(start, bq)
-        q_meta = (q_pos_ref[sl], q_seg_ref[sl], q_pre_ref[sl])
+        q_meta = (q_pos_ref[sl, :], q_seg_ref[sl, :], q_pre_ref[sl, :])
 
         def visit(carry):
             dk, dv = carry
@@ -82,8 +82,8 @@ def _dkdv_kernel(
                 k,
                 v,
                 do,
-                lse_ref[g, sl],
-                delta_ref[g, sl],
+                lse_ref[g, sl, :],
+                delta_ref[g, sl, :],
                 q_meta,
                 kv_meta,
                 kv_start,
@@ -101,8 +101,11 @@ def _dkdv_kernel(
 
         return bm.visit_unless_empty(cfg, q_meta, kv_meta, visit, carry)
 
+    def group_body(g, carry):
+        return lax.fori_loop(0, num_q_blocks, functools.partial(q_body, g), carry)
+
     zeros = jnp.zeros(k.shape, jnp.float32)
-    dk, dv = lax.fori_loop(0, cfg.groups * num_q_blocks, q_body, (zeros, zeros))
+    dk, dv = lax.fori_loop(0, cfg.groups, group_body, (zeros, zeros))
     dk_ref[...] = (dk * cfg.scale).astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
@@ -138,7 +141,7 @@ def _dq_kernel(
     def body(j, carry):
         start = pl.multiple_of(j * bk, bk)
         sl = pl.ds(start, bk)
-        kv_meta = (kv_pos_ref[sl], kv_seg_ref[sl], kv_pre_ref[sl])
+        kv_meta = (kv_pos_ref[:, sl], kv_seg_ref[:, sl], kv_pre_ref[:, sl])
 
         def visit(carry):
             dq, dtable = carry
@@ -154,7 +157,7 @@ def _dq_kernel(
 
         return bm.visit_unless_empty(cfg, q_meta, kv_meta, visit, carry)
 
-    init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros((width,), jnp.float32))
+    init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros((1, width), jnp.float32))
     dq, dtable = lax.fori_loop(0, num_kv_blocks, body, init)
     dq_ref[...] = (dq * cfg.scale).astype(dq_ref.dtype)
     dtable_ref[...] = dtable
@@ -171,37 +174,38 @@ def flash_backward(
     table: jax.Array,
     cfg: bm.KernelConfig,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Padded inputs -> (dq, dk, dv, dtable ``[h, nb_padded]`` fp32)."""
+    """Padded inputs (``lse`` ``[b, h, q_pad, 1]``) -> (dq, dk, dv, dtable ``[h, nb_padded]``)."""
     batch, q_pad, num_heads, head_dim = q.shape
     kv_pad, num_kv_heads = k.shape[1], k.shape[2]
     bq, bk, g = cfg.block_q, cfg.block_kv, cfg.groups
     nbp = table.shape[-1]
     # delta is O(S) and cheap in XLA; doing it here keeps both kernels single-pass.
     delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), do.astype(jnp.float32))
+    delta = delta[..., None]
     operands = (q, do, lse, delta, k, v, *meta.q_arrays(), *meta.kv_arrays(), table)
 
     # ---- dK / dV: one program per (batch, kv head, key tile).
     full_q = pl.BlockSpec((None, q_pad, g, head_dim), lambda b, h, j: (b, 0, h, 0))
-    full_rows = pl.BlockSpec((None, g, q_pad), lambda b, h, j: (b, h, 0))
+    full_rows = pl.BlockSpec((None, g, q_pad, 1), lambda b, h, j: (b, h, 0, 0))
     kv_tile = pl.BlockSpec((None, bk, None, head_dim), lambda b, h, j: (b, j, h, 0))
     grid = (batch, num_kv_heads, kv_pad // bk)
     dk, dv = pl.pallas_call(
         functools.partial(_dkdv_kernel, cfg=cfg, num_q_blocks=q_pad // bq),
         grid=grid,
         in_specs=[full_q, full_q, full_rows, full_rows, kv_tile, kv_tile]
-        + [pl.BlockSpec((None, q_pad), lambda b, h, j: (b, 0))] * 3
-        + [pl.BlockSpec((None, bk), lambda b, h, j: (b, j))] * 3
+        + [pl.BlockSpec((None, q_pad, 1), lambda b, h, j: (b, 0, 0))] * 3
+        + [pl.BlockSpec((None, 1, bk), lambda b, h, j: (b, 0, j))] * 3
         + [pl.BlockSpec((g, nbp), lambda b, h, j: (h, 0))],
         out_specs=[kv_tile, kv_tile],
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
         interpret=cfg.interpret,
-        compiler_params=None if cfg.interpret else compiler_params(len(grid)),
+        compiler_params=compiler_params(cfg.target, cfg.interpret, ("parallel",) * len(grid)),
         name="t5x_flash_dkdv",
     )(*operands)
 
     # ---- dQ (+ relative-bias table partials): one program per (batch, q head, query tile).
     q_tile = pl.BlockSpec((None, bq, None, head_dim), lambda b, h, i: (b, i, h, 0))
-    row_tile = pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i))
+    row_tile = pl.BlockSpec((None, None, bq, 1), lambda b, h, i: (b, h, i, 0))
     full_kv = pl.BlockSpec((None, kv_pad, None, head_dim), lambda b, h, i: (b, 0, h // g, 0))
     grid = (batch, num_heads, q_pad // bq)
     num_q_blocks = q_pad // bq
@@ -209,16 +213,19 @@ def flash_backward(
         functools.partial(_dq_kernel, cfg=cfg, num_kv_blocks=kv_pad // bk),
         grid=grid,
         in_specs=[q_tile, q_tile, row_tile, row_tile, full_kv, full_kv]
-        + [pl.BlockSpec((None, bq), lambda b, h, i: (b, i))] * 3
-        + [pl.BlockSpec((None, kv_pad), lambda b, h, i: (b, 0))] * 3
+        + [pl.BlockSpec((None, bq, 1), lambda b, h, i: (b, i, 0))] * 3
+        + [pl.BlockSpec((None, 1, kv_pad), lambda b, h, i: (b, 0, 0))] * 3
         + [pl.BlockSpec((None, nbp), lambda b, h, i: (h, 0))],
-        out_specs=[q_tile, pl.BlockSpec((None, None, None, nbp), lambda b, h, i: (b, h, i, 0))],
+        out_specs=[
+            q_tile,
+            pl.BlockSpec((None, None, None, 1, nbp), lambda b, h, i: (b, h, i, 0, 0)),
+        ],
         out_shape=[
             jax.ShapeDtypeStruct(q.shape, q.dtype),
-            jax.ShapeDtypeStruct((batch, num_heads, num_q_blocks, nbp), jnp.float32),
+            jax.ShapeDtypeStruct((batch, num_heads, num_q_blocks, 1, nbp), jnp.float32),
         ],
         interpret=cfg.interpret,
-        compiler_params=None if cfg.interpret else compiler_params(len(grid)),
+        compiler_params=compiler_params(cfg.target, cfg.interpret, ("parallel",) * len(grid)),
         name="t5x_flash_dq",
     )(*operands)
-    return dq, dk, dv, jnp.sum(dtable, axis=(0, 2))
+    return dq, dk, dv, jnp.sum(dtable, axis=(0, 2, 3))

@@ -1,9 +1,9 @@
 """Forward flash-attention kernel: online softmax over key blocks, saves only out + logsumexp.
 
-Grid ``(batch, q_heads, q_blocks)``. Each program holds one ``[block_q, d]`` query tile and
-walks the keys of its KV head (``h // groups``, chosen in the BlockSpec index map, so grouped
-K/V are never repeated in memory) one ``block_kv`` tile at a time, keeping the running max
-``m``, normaliser ``l`` and unnormalised output ``acc`` in fp32.
+GPU family (see ``backend``). Grid ``(batch, q_heads, q_blocks)``. Each program holds one
+``[block_q, d]`` query tile and walks the keys of its KV head (``h // groups``, chosen in the
+BlockSpec index map, so grouped K/V are never repeated in memory) one ``block_kv`` tile at a
+time, keeping the running max ``m``, normaliser ``l`` and unnormalised output ``acc`` in fp32.
 """
 
 from __future__ import annotations
@@ -16,21 +16,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from t5x_instruct.kernels import block_masks as bm
-
-
-def compiler_params(num_grid_dims: int):
-    """Platform-specific knobs, imported lazily; None in interpret mode / unknown backends."""
-    backend = jax.default_backend()
-    if backend == "gpu":
-        from jax.experimental.pallas import triton as pl_triton
-
-        return pl_triton.CompilerParams(num_warps=4, num_stages=2)
-    if backend == "tpu":
-        from jax.experimental.pallas import tpu as pltpu
-
-        # Every grid axis is independent: the reductions run as in-kernel loops.
-        return pltpu.CompilerParams(dimension_semantics=("parallel",) * num_grid_dims)
-    return None
+from t5x_instruct.kernels.backend import compiler_params
 
 
 def qk_logits(q: jax.Array, k: jax.Array) -> jax.Array:
@@ -63,7 +49,7 @@ def _forward_kernel(
     def body(j, carry):
         start = pl.multiple_of(j * bk, bk)
         sl = pl.ds(start, bk)
-        kv_meta = (kv_pos_ref[sl], kv_seg_ref[sl], kv_pre_ref[sl])
+        kv_meta = (kv_pos_ref[:, sl], kv_seg_ref[:, sl], kv_pre_ref[:, sl])
 
         def visit(carry):
             k = k_ref[sl, :]
@@ -79,16 +65,12 @@ def _forward_kernel(
 
     init = (
         jnp.zeros((bq, head_dim), jnp.float32),
-        jnp.full((bq,), -jnp.inf, jnp.float32),
-        jnp.zeros((bq,), jnp.float32),
+        jnp.full((bq, 1), -jnp.inf, jnp.float32),
+        jnp.zeros((bq, 1), jnp.float32),
     )
-    acc, m, denom = lax.fori_loop(0, num_kv_blocks, body, init)
-    # Rows that visited no block (every key skipped) output 0 and get lse=+inf, which makes
-    # the backward's exp(s - lse) exactly 0 for them instead of NaN.
-    seen = denom > 0.0
-    l_safe = jnp.where(seen, denom, 1.0)
-    o_ref[...] = (acc / l_safe[:, None]).astype(o_ref.dtype)
-    lse_ref[...] = jnp.where(seen, m + jnp.log(l_safe), jnp.inf)
+    out, lse = bm.finish_softmax(*lax.fori_loop(0, num_kv_blocks, body, init), jnp.inf)
+    o_ref[...] = out.astype(o_ref.dtype)
+    lse_ref[...] = lse
 
 
 def flash_forward(
@@ -99,7 +81,7 @@ def flash_forward(
     table: jax.Array,
     cfg: bm.KernelConfig,
 ) -> tuple[jax.Array, jax.Array]:
-    """Padded inputs -> (out ``[b, q_pad, h, d]``, lse ``[b, h, q_pad]`` fp32)."""
+    """Padded inputs -> (out ``[b, q_pad, h, d]``, lse ``[b, h, q_pad, 1]`` fp32)."""
     batch, q_pad, num_heads, head_dim = q.shape
     kv_pad = k.shape[1]
     bq, bk, g = cfg.block_q, cfg.block_kv, cfg.groups
@@ -107,20 +89,20 @@ def flash_forward(
     grid = (batch, num_heads, q_pad // bq)
     q_spec = pl.BlockSpec((None, bq, None, head_dim), lambda b, h, i: (b, i, h, 0))
     kv_spec = pl.BlockSpec((None, kv_pad, None, head_dim), lambda b, h, i: (b, 0, h // g, 0))
-    q_meta_spec = pl.BlockSpec((None, bq), lambda b, h, i: (b, i))
-    kv_meta_spec = pl.BlockSpec((None, kv_pad), lambda b, h, i: (b, 0))
+    q_meta_spec = pl.BlockSpec((None, bq, 1), lambda b, h, i: (b, i, 0))
+    kv_meta_spec = pl.BlockSpec((None, 1, kv_pad), lambda b, h, i: (b, 0, 0))
     table_spec = pl.BlockSpec((None, nbp), lambda b, h, i: (h, 0))
     kernel = functools.partial(_forward_kernel, cfg=cfg, num_kv_blocks=kv_pad // bk)
     return pl.pallas_call(
         kernel,
         grid=grid,
         in_specs=[q_spec, kv_spec, kv_spec] + [q_meta_spec] * 3 + [kv_meta_spec] * 3 + [table_spec],
-        out_specs=[q_spec, pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i))],
+        out_specs=[q_spec, pl.BlockSpec((None, None, bq, 1), lambda b, h, i: (b, h, i, 0))],
         out_shape=[
             jax.ShapeDtypeStruct(q.shape, q.dtype),
-            jax.ShapeDtypeStruct((batch, num_heads, q_pad), jnp.float32),
+            jax.ShapeDtypeStruct((batch, num_heads, q_pad, 1), jnp.float32),
         ],
         interpret=cfg.interpret,
-        compiler_params=None if cfg.interpret else compiler_params(len(grid)),
+        compiler_params=compiler_params(cfg.target, cfg.interpret, ("parallel",) * len(grid)),
         name="t5x_flash_forward",
     )(q, k, v, *meta.q_arrays(), *meta.kv_arrays(), table)
