@@ -205,13 +205,24 @@ def _decode_inputs(q_len: int, segments: bool, bias: bool):
 
 
 @pytest.mark.parametrize(
-    ("q_len", "segments", "bias"), [(1, False, True), (1, True, False), (3, True, True)]
+    ("q_len", "segments", "bias", "target"),
+    [
+        (1, False, True, "gpu"),
+        (1, True, False, "gpu"),
+        (3, True, True, "gpu"),
+        (3, True, True, "tpu"),
+    ],
 )
-def test_decode_kernel_matches_reference(q_len: int, segments: bool, bias: bool) -> None:
+def test_decode_kernel_matches_reference(q_len: int, segments: bool, bias: bool, target: str):
+    """Both layouts of the cache blocks: per-head (GPU) and [b, s, heads * d] columns (TPU)."""
     q, k, v, mask, rel = _decode_inputs(q_len, segments, bias)
-    kernel = jax.jit(
-        lambda q, k, v: decode_attention(q, k, v, mask, bias=rel, scale=0.5, block_kv=16)
-    )
+    if target == "tpu":  # the column layout needs 128-lane heads (see decode_attention)
+        q, k, v = (jnp.tile(x, (1, 1, 1, 16)) for x in (q, k, v))
+
+    def kernel_fn(q, k, v):
+        return decode_attention(q, k, v, mask, bias=rel, scale=0.5, block_kv=16, target=target)
+
+    kernel = jax.jit(kernel_fn)
     ref = jax.jit(lambda q, k, v: reference.attention(q, k, v, mask, bias=rel, scale=0.5))
     np.testing.assert_allclose(kernel(q, k, v), ref(q, k, v), atol=1e-5, rtol=1e-5)
 

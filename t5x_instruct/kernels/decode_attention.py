@@ -106,14 +106,21 @@ def decode_attention(
     """Attention for a short query block over a KV cache; shapes as ``reference.attention``.
 
     ``target`` / ``interpret`` as in ``flash_attention``; one kernel serves both families.
+    On TPU a head's K/V columns must form a 128-lane block, so a cache with several KV heads
+    of ``head_dim % 128 != 0`` (T5's 64) is served by the XLA reference instead: the other
+    layout would mean transposing the whole cache at every step.
     """
     del dropout_rng
     check_no_dropout(dropout_rate)
+    target = resolve_target(target)
+    num_kv_heads, head_dim = key.shape[2], key.shape[3]
+    if target == "tpu" and num_kv_heads > 1 and head_dim % 128:
+        return reference.attention(query, key, value, mask, bias=bias, scale=scale)
     static = (
         float(scale),
         int(block_kv),
         int(num_splits),
-        resolve_target(target),
+        target,
         resolve_interpret(interpret),
     )
     if bias is None:
@@ -202,7 +209,14 @@ def _decode_forward(static, bias_static, query, key, value, table, mask) -> jax.
     nbp = table_rows.shape[-1]
     grid = (batch, num_kv_heads, splits)
     row_spec = pl.BlockSpec((None, rows_pad, 1), lambda b, h, s: (b, 0, 0))
-    kv_spec = pl.BlockSpec((None, split_len, None, head_dim), lambda b, h, s: (b, s, h, 0))
+    if target == "tpu":
+        # Mosaic wants (sublane, lane)-shaped blocks: view the cache as [b, s, kv_heads * d]
+        # (a free reshape) and take head h's d-wide column block of each split.
+        key = key.reshape(batch, kv_pad, num_kv_heads * head_dim)
+        value = value.reshape(batch, kv_pad, num_kv_heads * head_dim)
+        kv_spec = pl.BlockSpec((None, split_len, head_dim), lambda b, h, s: (b, s, h))
+    else:
+        kv_spec = pl.BlockSpec((None, split_len, None, head_dim), lambda b, h, s: (b, s, h, 0))
     kv_meta_spec = pl.BlockSpec((None, 1, split_len), lambda b, h, s: (b, 0, s))
     o_part, lse_part = pl.pallas_call(
         functools.partial(_decode_kernel, cfg=cfg, blocks_per_split=blocks_per_split),
