@@ -113,11 +113,14 @@ def _assert_close(case: Case, actual, expected, what: str) -> None:
     )
 
 
-def _check_against_reference(case: Case) -> None:
+def _check_against_reference(case: Case, target: str = "gpu") -> None:
+    """Kernel family ``target`` (interpreted) against the XLA reference."""
     q, k, v, mask, table, cot = _inputs(case)
 
     def flash(*args, **kwargs):
-        return flash_attention(*args, block_q=case.block_q, block_kv=case.block_kv, **kwargs)
+        return flash_attention(
+            *args, block_q=case.block_q, block_kv=case.block_kv, target=target, **kwargs
+        )
 
     out, grads = _run(flash, case, q, k, v, mask, table, cot)
     if case.dtype == "float32":

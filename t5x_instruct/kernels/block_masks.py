@@ -322,3 +322,28 @@ def finish_softmax(
     seen = denom > 0.0
     l_safe = jnp.where(seen, denom, 1.0)
     return acc / l_safe, jnp.where(seen, m + jnp.log(l_safe), empty_lse)
+
+
+def qk_logits(q: jax.Array, k: jax.Array) -> jax.Array:
+    """``q @ k^T`` accumulated in fp32 (bf16 inputs stay bf16 on the MXU / tensor cores)."""
+    return lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def probs_and_dlogits(cfg, q, k, v, do, lse, delta, q_meta, kv_meta, kv_start, table_entry):
+    """Backward tile math: recompute P from the saved lse, return (P, dS, buckets).
+
+    ``dS = P * (dO V^T - delta)`` on visible pairs, 0 on masked ones (their logit is a
+    constant); it excludes ``scale``, which the kernels apply once to the summed dQ / dK.
+    """
+    buckets = None
+    bias = None
+    if cfg.has_bias:
+        buckets = bias_buckets(cfg, q_meta[0], kv_meta[0])
+        bias = lookup_bias(buckets, table_entry, cfg.num_buckets)
+    s, allowed = masked_logits(cfg, qk_logits(q, k), q_meta, kv_meta, kv_start, bias)
+    p = jnp.exp(s - lse)
+    dp = qk_logits(do, v)  # dO @ V^T: same contraction shape as Q @ K^T
+    ds = p * (dp - delta)
+    if allowed is not None:
+        ds = jnp.where(allowed, ds, 0.0)
+    return p, ds, buckets

@@ -24,7 +24,6 @@ from t5x_instruct.kernels import block_masks as bm
 from t5x_instruct.kernels import reference
 from t5x_instruct.kernels.backend import compiler_params, resolve_interpret, resolve_target
 from t5x_instruct.kernels.flash_attention import check_no_dropout
-from t5x_instruct.kernels.flash_forward import qk_logits
 from t5x_instruct.kernels.masks import AttentionMask
 from t5x_instruct.kernels.relative_bias import RelativeBias
 
@@ -70,7 +69,7 @@ def _decode_kernel(
                 # Rows belong to different heads: the table is pre-gathered per row.
                 bias = bm.lookup_bias(buckets, lambda n: table_ref[:, n : n + 1], cfg.num_buckets)
             s, _ = bm.masked_logits(
-                cfg, qk_logits(q, k), q_meta, kv_meta, split_start + start, bias
+                cfg, bm.qk_logits(q, k), q_meta, kv_meta, split_start + start, bias
             )
             return bm.online_softmax_step(carry, s, v)
 

@@ -68,8 +68,13 @@ def flash_attention(
         raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv_heads} KV heads.")
     if key.dtype != query.dtype or value.dtype != query.dtype:
         raise ValueError(f"q/k/v dtypes differ: {query.dtype}, {key.dtype}, {value.dtype}")
+    target, interpret = resolve_target(target), resolve_interpret(interpret)
     bq = bm.block_size(block_q, q_len)
     bk = bm.block_size(block_kv, kv_len)
+    if target == "tpu" and not interpret and bk < kv_len:
+        # Mosaic: key metadata rows are (1, block_kv) blocks, which must fill 128 lanes
+        # unless one block spans the whole (padded) sequence.
+        bk = max(bk, 128)
     q_pad, kv_pad = bm.round_up(q_len, bq), bm.round_up(kv_len, bk)
     cfg = bm.make_config(
         mask,
@@ -81,8 +86,8 @@ def flash_attention(
         kv_len=kv_len,
         kv_pad=kv_pad,
         groups=num_heads // num_kv_heads,
-        target=resolve_target(target),
-        interpret=resolve_interpret(interpret),
+        target=target,
+        interpret=interpret,
     )
     meta = bm.prepare_metadata(mask, batch, q_len, kv_len, q_pad, kv_pad)
     table = bias.table if bias is not None else jnp.zeros((num_heads, 1), jnp.float32)
@@ -107,9 +112,9 @@ def _flash_vjp(cfg, q, k, v, table, meta_arrays):
 def _kernels(cfg: bm.KernelConfig):
     """(forward, backward) of the kernel family; both take and return the same shapes."""
     if cfg.target == "tpu":
-        from t5x_instruct.kernels import flash_tpu
+        from t5x_instruct.kernels import flash_tpu, flash_tpu_backward
 
-        return flash_tpu.flash_forward_tpu, flash_tpu.flash_backward_tpu
+        return flash_tpu.flash_forward_tpu, flash_tpu_backward.flash_backward_tpu
     return flash_forward, flash_backward
 
 

@@ -22,23 +22,6 @@ from jax.experimental import pallas as pl
 
 from t5x_instruct.kernels import block_masks as bm
 from t5x_instruct.kernels.backend import compiler_params
-from t5x_instruct.kernels.flash_forward import qk_logits
-
-
-def _probs_and_dlogits(cfg, q, k, v, do, lse, delta, q_meta, kv_meta, kv_start, table_entry):
-    """Recompute P for one tile pair and return (P, dS, buckets); dS excludes ``scale``."""
-    buckets = None
-    bias = None
-    if cfg.has_bias:
-        buckets = bm.bias_buckets(cfg, q_meta[0], kv_meta[0])
-        bias = bm.lookup_bias(buckets, table_entry, cfg.num_buckets)
-    s, allowed = bm.masked_logits(cfg, qk_logits(q, k), q_meta, kv_meta, kv_start, bias)
-    p = jnp.exp(s - lse)
-    dp = qk_logits(do, v)  # dO @ V^T: same contraction shape as Q @ K^T
-    ds = p * (dp - delta)
-    if allowed is not None:
-        ds = jnp.where(allowed, ds, 0.0)
-    return p, ds, buckets
 
 
 def _dkdv_kernel(
@@ -76,7 +59,7 @@ def _dkdv_kernel(
             dk, dv = carry
             q = q_ref[sl, g, :]
             do = do_ref[sl, g, :]
-            p, ds, _ = _probs_and_dlogits(
+            p, ds, _ = bm.probs_and_dlogits(
                 cfg,
                 q,
                 k,
@@ -147,7 +130,7 @@ def _dq_kernel(
             dq, dtable = carry
             k = k_ref[sl, :]
             v = v_ref[sl, :]
-            _, ds, buckets = _probs_and_dlogits(
+            _, ds, buckets = bm.probs_and_dlogits(
                 cfg, q, k, v, do, lse, delta, q_meta, kv_meta, start, lambda n: table_ref[n]
             )
             dq = dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)

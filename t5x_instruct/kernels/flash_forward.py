@@ -19,11 +19,6 @@ from t5x_instruct.kernels import block_masks as bm
 from t5x_instruct.kernels.backend import compiler_params
 
 
-def qk_logits(q: jax.Array, k: jax.Array) -> jax.Array:
-    """``q @ k^T`` accumulated in fp32 (bf16 inputs stay bf16 on the MXU / tensor cores)."""
-    return lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-
-
 def _forward_kernel(
     q_ref,
     k_ref,
@@ -58,7 +53,7 @@ def _forward_kernel(
             if cfg.has_bias:
                 buckets = bm.bias_buckets(cfg, q_meta[0], kv_meta[0])
                 bias = bm.lookup_bias(buckets, lambda n: table_ref[n], cfg.num_buckets)
-            s, _ = bm.masked_logits(cfg, qk_logits(q, k), q_meta, kv_meta, start, bias)
+            s, _ = bm.masked_logits(cfg, bm.qk_logits(q, k), q_meta, kv_meta, start, bias)
             return bm.online_softmax_step(carry, s, v)
 
         return bm.visit_unless_empty(cfg, q_meta, kv_meta, visit, carry)
