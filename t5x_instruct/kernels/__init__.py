@@ -8,7 +8,11 @@ Registered implementations:
 * ``'xla'``: :func:`reference.attention`, plain XLA; the numerical reference. Supports dropout.
 * ``'pallas'``: our Pallas kernels. Query blocks of at most ``DECODE_MAX_Q_LEN`` tokens go to
   the split-K decode kernel, longer ones to flash attention (forward + backward). No dropout.
-  Interpreted on CPU (slow; for tests), compiled on GPU (Triton) and TPU (Mosaic).
+  The platform picks the kernel family (``backend``): Triton-shaped kernels on GPU
+  (``flash_forward`` / ``flash_backward``), Mosaic-shaped ones on TPU (``flash_tpu*``); on
+  CPU they run in the Pallas interpreter (slow; for tests). The test suite lowers both
+  families for their hardware from CPU (``tests/test_kernel_lowering.py``,
+  ``tests/test_flash_tpu.py``).
 * ``'cudnn'``: ``jax.nn.dot_product_attention(implementation='cudnn')`` with the mask and
   bias materialised densely. GPU only; no dropout.
 * ``'auto'``: ``'pallas'`` on GPU/TPU when no dropout is requested, otherwise ``'xla'``. The
