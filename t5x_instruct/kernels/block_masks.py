@@ -51,6 +51,11 @@ class KernelConfig:
     target: str  # kernel family, 'gpu' or 'tpu' (see ``backend``)
     interpret: bool
 
+    @property
+    def can_skip_tiles(self) -> bool:
+        """Only causal or segmented attention has tiles that ``block_is_empty`` can prove empty."""
+        return self.causal or self.has_segments
+
 
 @dataclasses.dataclass(frozen=True)
 class Metadata:
@@ -204,7 +209,7 @@ def block_is_empty(
 
 def visit_unless_empty(cfg: KernelConfig, q_meta, kv_meta, visit, carry):
     """``visit(carry)`` for a tile pair, skipped (carry passed through) when provably empty."""
-    if not (cfg.causal or cfg.has_segments):
+    if not cfg.can_skip_tiles:
         return visit(carry)  # dense attention: nothing can be skipped, no branch needed
     return lax.cond(block_is_empty(cfg, q_meta, kv_meta), lambda c: c, visit, carry)
 
@@ -236,6 +241,19 @@ def bias_buckets(cfg: KernelConfig, q_pos: jax.Array, kv_pos: jax.Array) -> jax.
         num_buckets=cfg.num_buckets,
         max_distance=cfg.max_distance,
     )
+
+
+def tile_bias(
+    cfg: KernelConfig, q_pos: jax.Array, kv_pos: jax.Array, read_entry
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """(buckets, bias) ``[bq, bk]`` of one tile pair, or (None, None) without a bias table.
+
+    ``read_entry(n)`` reads the table entry of bucket n for this tile's head(s).
+    """
+    if not cfg.has_bias:
+        return None, None
+    buckets = bias_buckets(cfg, q_pos, kv_pos)
+    return buckets, lookup_bias(buckets, read_entry, cfg.num_buckets)
 
 
 def lookup_bias(buckets: jax.Array, read_entry, num_buckets: int) -> jax.Array:
@@ -335,11 +353,7 @@ def probs_and_dlogits(cfg, q, k, v, do, lse, delta, q_meta, kv_meta, kv_start, t
     ``dS = P * (dO V^T - delta)`` on visible pairs, 0 on masked ones (their logit is a
     constant); it excludes ``scale``, which the kernels apply once to the summed dQ / dK.
     """
-    buckets = None
-    bias = None
-    if cfg.has_bias:
-        buckets = bias_buckets(cfg, q_meta[0], kv_meta[0])
-        bias = lookup_bias(buckets, table_entry, cfg.num_buckets)
+    buckets, bias = tile_bias(cfg, q_meta[0], kv_meta[0], table_entry)
     s, allowed = masked_logits(cfg, qk_logits(q, k), q_meta, kv_meta, kv_start, bias)
     p = jnp.exp(s - lse)
     dp = qk_logits(do, v)  # dO @ V^T: same contraction shape as Q @ K^T
@@ -347,3 +361,12 @@ def probs_and_dlogits(cfg, q, k, v, do, lse, delta, q_meta, kv_meta, kv_start, t
     if allowed is not None:
         ds = jnp.where(allowed, ds, 0.0)
     return p, ds, buckets
+
+
+def softmax_delta(out: jax.Array, do: jax.Array) -> jax.Array:
+    """``rowsum(dO * O)`` as ``[b, h, q, 1]`` fp32 columns, for ``probs_and_dlogits``.
+
+    O(S) and cheap in XLA; computing it before the backward kernels keeps them single-pass.
+    """
+    delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), do.astype(jnp.float32))
+    return delta[..., None]

@@ -63,11 +63,8 @@ def _decode_kernel(
         def visit(carry):
             k = k_ref[sl, :]
             v = v_ref[sl, :]
-            bias = None
-            if cfg.has_bias:
-                buckets = bm.bias_buckets(cfg, q_meta[0], kv_meta[0])
-                # Rows belong to different heads: the table is pre-gathered per row.
-                bias = bm.lookup_bias(buckets, lambda n: table_ref[:, n : n + 1], cfg.num_buckets)
+            # Rows belong to different heads: the table is pre-gathered per row.
+            _, bias = bm.tile_bias(cfg, q_meta[0], kv_meta[0], lambda n: table_ref[:, n : n + 1])
             s, _ = bm.masked_logits(
                 cfg, bm.qk_logits(q, k), q_meta, kv_meta, split_start + start, bias
             )

@@ -162,9 +162,7 @@ def flash_backward(
     kv_pad, num_kv_heads = k.shape[1], k.shape[2]
     bq, bk, g = cfg.block_q, cfg.block_kv, cfg.groups
     nbp = table.shape[-1]
-    # delta is O(S) and cheap in XLA; doing it here keeps both kernels single-pass.
-    delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), do.astype(jnp.float32))
-    delta = delta[..., None]
+    delta = bm.softmax_delta(out, do)
     operands = (q, do, lse, delta, k, v, *meta.q_arrays(), *meta.kv_arrays(), table)
 
     # ---- dK / dV: one program per (batch, kv head, key tile).

@@ -49,10 +49,7 @@ def _forward_kernel(
         def visit(carry):
             k = k_ref[sl, :]
             v = v_ref[sl, :]
-            bias = None
-            if cfg.has_bias:
-                buckets = bm.bias_buckets(cfg, q_meta[0], kv_meta[0])
-                bias = bm.lookup_bias(buckets, lambda n: table_ref[n], cfg.num_buckets)
+            _, bias = bm.tile_bias(cfg, q_meta[0], kv_meta[0], lambda n: table_ref[n])
             s, _ = bm.masked_logits(cfg, bm.qk_logits(q, k), q_meta, kv_meta, start, bias)
             return bm.online_softmax_step(carry, s, v)
 

@@ -51,7 +51,7 @@ def tile_visits(meta: bm.Metadata, cfg: bm.KernelConfig) -> jax.Array:
     q_meta = tuple(_tiles(x, 1, cfg.block_q) for x in meta.q_arrays())
     kv_meta = tuple(_tiles(x, 2, cfg.block_kv) for x in meta.kv_arrays())
     nq, nk = q_meta[0].shape[1], kv_meta[0].shape[1]
-    if not (cfg.causal or cfg.has_segments):
+    if not cfg.can_skip_tiles:
         return jnp.ones((q_meta[0].shape[0], nq, nk), bool)
     per_kv = jax.vmap(functools.partial(bm.block_is_empty, cfg), in_axes=(None, 0))
     per_q = jax.vmap(per_kv, in_axes=(0, None))
@@ -81,18 +81,10 @@ def fetched_tile(plan_ref, flat: jax.Array) -> jax.Array:
 
 def when_visited(cfg: bm.KernelConfig, plan_ref, flat: jax.Array, body: Callable[[], None]):
     """Run ``body`` unless the plan marks this tile pair as skipped (dense: always run)."""
-    if cfg.causal or cfg.has_segments:
+    if cfg.can_skip_tiles:
         pl.when(plan_ref[flat] >= 0)(body)
     else:
         body()
-
-
-def tile_bias(cfg: bm.KernelConfig, table_ref, head, q_pos: jax.Array, kv_pos: jax.Array):
-    """(buckets, bias) ``[bq, bk]`` for one tile pair from the SMEM table, or (None, None)."""
-    if not cfg.has_bias:
-        return None, None
-    buckets = bm.bias_buckets(cfg, q_pos, kv_pos)
-    return buckets, bm.lookup_bias(buckets, lambda n: table_ref[head, n], cfg.num_buckets)
 
 
 def q_meta_spec(block: int, index_map: Callable) -> pl.BlockSpec:
@@ -136,7 +128,7 @@ def _forward_kernel(
     def visit():
         q_meta = (q_pos_ref[...], q_seg_ref[...], q_pre_ref[...])
         kv_meta = (kv_pos_ref[...], kv_seg_ref[...], kv_pre_ref[...])
-        _, bias = tile_bias(cfg, table_ref, h, q_meta[0], kv_meta[0])
+        _, bias = bm.tile_bias(cfg, q_meta[0], kv_meta[0], lambda n: table_ref[h, n])
         logits = bm.qk_logits(q_ref[...], k_ref[...])
         s, _ = bm.masked_logits(cfg, logits, q_meta, kv_meta, j * cfg.block_kv, bias)
         carry = (acc_ref[...], m_ref[...], l_ref[...])

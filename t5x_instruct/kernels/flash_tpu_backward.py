@@ -176,13 +176,13 @@ def flash_backward_tpu(
     bq, bk, groups = cfg.block_q, cfg.block_kv, cfg.groups
     nq, nk = q_pad // bq, kv_pad // bk
     nbp = table.shape[-1]
-    delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), do.astype(jnp.float32))
+    delta = bm.softmax_delta(out, do)
     visits = tile_visits(meta, cfg)
     operands = (
         to_heads_major(q),
         to_heads_major(do),
         lse,
-        delta[..., None],
+        delta,
         to_heads_major(k),
         to_heads_major(v),
         *meta.q_arrays(),
