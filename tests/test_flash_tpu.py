@@ -1,7 +1,7 @@
 """The TPU (Mosaic) flash-attention family without a TPU.
 
 Numerics run the kernels in the Pallas interpreter against the XLA reference, with the very
-cases and checks of ``test_flash_attention`` (there for the GPU family). Compatibility is
+cases and checks the GPU family is tested with (``helpers.attention_cases``). Compatibility is
 checked by lowering for TPU from this CPU host, which runs JAX's Mosaic lowering and its
 block-shape rules, and asserting the result is a Mosaic ``tpu_custom_call``.
 """
@@ -12,8 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import test_flash_attention as gpu_tests
-from test_flash_attention import CASES, Case
+from helpers.attention_cases import (
+    CASES,
+    Case,
+    check_against_reference,
+    interpret_unless_native,
+    make_inputs,
+)
 
 from t5x_instruct.kernels import AttentionMask, RelativeBias, flash_attention
 from t5x_instruct.kernels import block_masks as bm
@@ -23,7 +28,7 @@ from t5x_instruct.kernels.flash_tpu import tile_plan, tile_visits
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_tpu_family_matches_reference(name: str) -> None:
     """Forward and dq/dk/dv/dtable in the interpreter, same tolerances as the GPU family."""
-    gpu_tests._check_against_reference(CASES[name], target="tpu")
+    check_against_reference(CASES[name], target="tpu")
 
 
 def test_skipped_tiles_match_the_gpu_family() -> None:
@@ -47,7 +52,7 @@ def test_skipped_tiles_match_the_gpu_family() -> None:
             rel = RelativeBias(table, bidirectional=True, max_distance=16)
             out = flash_attention(
                 q, k, v, mask, bias=rel, scale=0.3, block_q=16, block_kv=16, target=target,
-                interpret=gpu_tests.interpret_unless_native(target),
+                interpret=interpret_unless_native(target),
             )  # fmt: skip
             return jnp.sum(out * jnp.sin(out))
 
@@ -61,7 +66,7 @@ def test_skipped_tiles_match_the_gpu_family() -> None:
 
 def test_tile_plan_skips_and_redirects_copies() -> None:
     case = Case(q_len=72, causal=True, segments=True, block_kv=32)
-    _, _, _, mask, _, _ = gpu_tests._inputs(case)
+    _, _, _, mask, _, _ = make_inputs(case)
     cfg = bm.make_config(
         mask,
         None,

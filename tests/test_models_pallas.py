@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from test_flash_attention import interpret_unless_native
+from helpers.attention_cases import interpret_unless_native
 
 from t5x_instruct.models import DecoderConfig, T5Config, build_model
 
