@@ -23,7 +23,12 @@ from t5x_instruct.errors import UserInputError
 GIN_DIR = Path(t5x_instruct.__file__).resolve().parents[1] / "gin"
 
 # Imported before parsing so that their configurables (T5Config, build_model, ...) exist.
-CONFIGURABLE_MODULES: tuple[str, ...] = ("t5x_instruct.models", "t5x_instruct.partitioning")
+CONFIGURABLE_MODULES: tuple[str, ...] = (
+    "t5x_instruct.models",
+    "t5x_instruct.partitioning",
+    "t5x_instruct.decoding",
+    "t5x_instruct.plugins.library",
+)
 
 _added_search_paths: set[str] = set()
 

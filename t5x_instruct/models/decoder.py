@@ -28,6 +28,13 @@ from t5x_instruct.layers import (
     init_kv_cache,
 )
 from t5x_instruct.layers.params import constrain, normal_init, split_rng
+from t5x_instruct.layers.sequence import (
+    EmbeddedSequence,
+    HookedModel,
+    gather_tokens,
+    start_sequence,
+)
+from t5x_instruct.models.registry import register_model_family
 
 
 @gin.configurable
@@ -118,9 +125,15 @@ class DecoderBlock(nnx.Module):
         return constrain(x, ("batch", "length", "embed")), cache
 
 
-class Decoder(nnx.Module):
+@register_model_family("decoder", config_type=DecoderConfig, encoder_decoder=False)
+class Decoder(nnx.Module, HookedModel):
+    """Decoder-only LM. Sequence hooks (plug-ins) see the whole embedded sequence
+    (``stack='decoder'``) in training, scoring and prefill; logits come back at the original
+    token positions."""
+
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs) -> None:
         self.cfg = cfg
+        self._init_sequence_hooks()
         self.dtype = dtype_from_name(cfg.dtype)
         self.token_embedder = Embed(
             cfg.vocab_size,
@@ -155,6 +168,7 @@ class Decoder(nnx.Module):
         decoder_segment_ids: jax.Array | None = None,
         decoder_positions: jax.Array | None = None,
         decoder_causal_attention: jax.Array | None = None,
+        features: dict[str, jax.Array] | None = None,
         deterministic: bool = True,
         dropout_rng: jax.Array | None = None,
     ) -> jax.Array:
@@ -164,15 +178,14 @@ class Decoder(nnx.Module):
         Without segment ids every token is one example; right padding is harmless because
         real tokens never attend forward.
         """
-        logits, _ = self._forward(
+        seq = self._embed(
             decoder_input_tokens,
             decoder_segment_ids,
             decoder_positions,
             decoder_causal_attention,
-            None,
-            deterministic,
-            dropout_rng,
+            features,
         )
+        logits, _ = self._run(seq, None, deterministic, dropout_rng)
         return logits
 
     def logits_from_batch(
@@ -188,31 +201,66 @@ class Decoder(nnx.Module):
             decoder_segment_ids=batch.get("decoder_segment_ids"),
             decoder_positions=batch.get("decoder_positions"),
             decoder_causal_attention=batch.get("decoder_causal_attention"),
+            features=batch,
             deterministic=deterministic,
             dropout_rng=dropout_rng,
         )
 
-    def _forward(
-        self, tokens, segment_ids, positions, causal_attention, caches, deterministic, dropout_rng
-    ):
+    def _embed(
+        self,
+        tokens: jax.Array,
+        segment_ids: jax.Array | None,
+        positions: jax.Array | None,
+        causal_attention: jax.Array | None,
+        features: dict[str, jax.Array] | None,
+    ) -> EmbeddedSequence:
+        """Embedded tokens and their metadata, after the sequence hooks."""
         b, t = tokens.shape
+        x = self.token_embedder(tokens)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         prefix = None if causal_attention is None else causal_attention.astype(bool)
+        if not self.has_sequence_hooks:
+            return EmbeddedSequence(x, segment_ids, positions, prefix, None, {}, "decoder")
+        # Unpacked rows are one example each (decoder inputs start with token id 0).
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+        seq = start_sequence(
+            x,
+            tokens,
+            stack="decoder",
+            segment_ids=segment_ids,
+            positions=positions,
+            in_prefix=prefix,
+            features=features,
+        )
+        return self.run_sequence_hooks(seq)
+
+    def _run(
+        self,
+        seq: EmbeddedSequence,
+        caches: Any,
+        deterministic: bool,
+        dropout_rng: jax.Array | None,
+    ) -> tuple[jax.Array, Any]:
+        """Logits at the original tokens ``[b, t0, vocab]`` and the filled caches."""
         mask = AttentionMask(
-            q_segment_ids=segment_ids,
-            kv_segment_ids=segment_ids,
-            q_in_prefix=prefix,
-            kv_in_prefix=prefix,
+            q_segment_ids=seq.segment_ids,
+            kv_segment_ids=seq.segment_ids,
+            q_in_prefix=seq.in_prefix,
+            kv_in_prefix=seq.in_prefix,
             causal=True,
         )
         ctx = _Ctx(
-            mask=mask, rope_positions=positions, decode_index=None, deterministic=deterministic
+            mask=mask,
+            rope_positions=seq.positions,
+            decode_index=None,
+            deterministic=deterministic,
         )
         r = split_rng(dropout_rng, 3)
-        x = self.token_embedder(tokens)
-        x = dropout(x, self.cfg.dropout_rate, r[0], deterministic=deterministic)
+        x = dropout(seq.x, self.cfg.dropout_rate, r[0], deterministic=deterministic)
         x, caches = self.layers(x, ctx, caches, r[1])
+        x = gather_tokens(x, seq)
         return self._logits(x, r[2], deterministic), caches
 
     def _logits(self, x: jax.Array, rng: jax.Array | None, deterministic: bool) -> jax.Array:
@@ -239,16 +287,29 @@ class Decoder(nnx.Module):
             idx = jnp.arange(1, p + 1, dtype=jnp.int32)
             lengths = jnp.maximum(jnp.max(jnp.where(tokens != 0, idx, 0), axis=1), 1)
         cfg = self.cfg
+        seq = self._embed(tokens, None, None, batch.get("decoder_causal_attention"), batch)
+        # Hooks may lengthen the prompt (a soft prompt): the cache holds the hooked sequence.
+        seq_len = seq.x.shape[1]
         empty = [
-            init_kv_cache(b, p + max_decode_length, cfg.num_kv_heads, cfg.head_dim, self.dtype)
+            init_kv_cache(
+                b, seq_len + max_decode_length, cfg.num_kv_heads, cfg.head_dim, self.dtype
+            )
             for _ in range(cfg.num_layers)
         ]
         caches = self.layers.stack_caches(empty)
-        logits, caches = self._forward(
-            tokens, None, None, batch.get("decoder_causal_attention"), caches, True, None
-        )
+        logits, caches = self._run(seq, caches, True, None)
         last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-        return last, {"cache": caches, "index": lengths}
+        index = lengths
+        if seq.token_index is not None:
+            # The next token goes where the first padding token went: hooks may have put
+            # vectors after the last prompt token (a suffix), which it must not overwrite.
+            # A row without padding continues after its last non-padding element.
+            t0 = seq.token_index.shape[1]
+            first_pad = jnp.minimum(lengths, t0 - 1)[:, None]
+            after = jnp.take_along_axis(seq.token_index, first_pad, axis=1)[:, 0]
+            filled = jnp.sum(seq.segment_ids != 0, axis=1).astype(jnp.int32)
+            index = jnp.where(lengths < t0, after, filled)
+        return last, {"cache": caches, "index": index}
 
     def decode_step(
         self, tokens: jax.Array, index: jax.Array, state: dict

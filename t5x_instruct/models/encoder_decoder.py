@@ -28,6 +28,8 @@ from t5x_instruct.layers import (
     init_kv_cache,
 )
 from t5x_instruct.layers.params import constrain, fan_in_init, split_rng
+from t5x_instruct.layers.sequence import HookedModel, start_sequence
+from t5x_instruct.models.registry import register_model_family
 
 
 @gin.configurable
@@ -183,11 +185,17 @@ def _t5_attention(cfg: T5Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> Attention:
     )
 
 
-class EncoderDecoder(nnx.Module):
-    """The T5 network; logits come back in fp32 so z-loss and softmax are stable."""
+@register_model_family("t5", config_type=T5Config, encoder_decoder=True)
+class EncoderDecoder(nnx.Module, HookedModel):
+    """The T5 network; logits come back in fp32 so z-loss and softmax are stable.
+
+    Sequence hooks (plug-ins) see the encoder input (``stack='encoder'``); the decoder reads
+    targets and is not hooked.
+    """
 
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs) -> None:
         self.cfg = cfg
+        self._init_sequence_hooks()
         dtype = dtype_from_name(cfg.dtype)
         self.dtype = dtype
         self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=dtype, rngs=rngs)
@@ -230,13 +238,25 @@ class EncoderDecoder(nnx.Module):
         encoder_input_tokens: jax.Array,
         encoder_segment_ids: jax.Array | None = None,
         *,
+        features: dict[str, jax.Array] | None = None,
         deterministic: bool = True,
         dropout_rng: jax.Array | None = None,
-    ) -> jax.Array:
+    ) -> tuple[jax.Array, jax.Array]:
+        """Encoder outputs ``[b, s, d]`` and their segment ids ``[b, s]``.
+
+        The segment ids come back because sequence hooks may lengthen the input (a soft
+        prompt); cross-attention must use these, not ones derived from the tokens.
+        """
         cfg = self.cfg
         seg = _segments(encoder_input_tokens, encoder_segment_ids)
         r = split_rng(dropout_rng, 3)
         x = self.token_embedder(encoder_input_tokens)
+        if self.has_sequence_hooks:
+            seq = start_sequence(
+                x, encoder_input_tokens, stack="encoder", segment_ids=seg, features=features
+            )
+            seq = self.run_sequence_hooks(seq)
+            x, seg = seq.x, seq.segment_ids
         x = dropout(x, cfg.dropout_rate, r[0], deterministic=deterministic)
         ctx = _EncoderCtx(
             mask=AttentionMask(q_segment_ids=seg, kv_segment_ids=seg),
@@ -245,7 +265,7 @@ class EncoderDecoder(nnx.Module):
         )
         x, _ = self.encoder(x, ctx, None, r[1])
         x = self.encoder_norm(x)
-        return dropout(x, cfg.dropout_rate, r[2], deterministic=deterministic)
+        return dropout(x, cfg.dropout_rate, r[2], deterministic=deterministic), seg
 
     def decode(
         self,
@@ -285,20 +305,25 @@ class EncoderDecoder(nnx.Module):
         decoder_segment_ids: jax.Array | None = None,
         encoder_positions: jax.Array | None = None,
         decoder_positions: jax.Array | None = None,
+        features: dict[str, jax.Array] | None = None,
         deterministic: bool = True,
         dropout_rng: jax.Array | None = None,
     ) -> jax.Array:
         """Teacher-forced logits ``[b, t, vocab]``; packed inputs via segment ids.
 
         Positions are accepted for interface symmetry; relative bias only needs token order
-        within a segment, which the segment ids already pin down.
+        within a segment, which the segment ids already pin down. ``features`` (the whole
+        batch) is handed to sequence hooks.
         """
         del encoder_positions, decoder_positions
         r = split_rng(dropout_rng, 2)
-        encoded = self.encode(
-            encoder_input_tokens, encoder_segment_ids, deterministic=deterministic, dropout_rng=r[0]
+        encoded, enc_seg = self.encode(
+            encoder_input_tokens,
+            encoder_segment_ids,
+            features=features,
+            deterministic=deterministic,
+            dropout_rng=r[0],
         )
-        enc_seg = _segments(encoder_input_tokens, encoder_segment_ids)
         return self.decode(
             encoded,
             enc_seg,
@@ -321,6 +346,7 @@ class EncoderDecoder(nnx.Module):
             batch["decoder_input_tokens"],
             encoder_segment_ids=batch.get("encoder_segment_ids"),
             decoder_segment_ids=batch.get("decoder_segment_ids"),
+            features=batch,
             deterministic=deterministic,
             dropout_rng=dropout_rng,
         )
@@ -342,8 +368,7 @@ class EncoderDecoder(nnx.Module):
     ) -> tuple[jax.Array, dict]:
         """Encode the inputs and feed the start token; returns first-step logits and state."""
         tokens = batch["encoder_input_tokens"]
-        enc_seg = _segments(tokens, batch.get("encoder_segment_ids"))
-        encoded = self.encode(tokens, enc_seg)
+        encoded, enc_seg = self.encode(tokens, batch.get("encoder_segment_ids"), features=batch)
         b = tokens.shape[0]
         cfg = self.cfg
 

@@ -77,6 +77,11 @@ class Checkpointer:
             force=force,
         )
 
+    def missing_params(self, step: int, params: Params) -> list[str]:
+        """Names of ``params`` (abstract is fine) that checkpoint ``step`` does not hold."""
+        saved = self.manager.restore(step, args=ocp.args.Composite(shapes=ocp.args.JsonRestore()))
+        return sorted(set(param_shapes(params)) - set(saved["shapes"]))
+
     def check_shapes(self, step: int, params: Params) -> None:
         """Raise :class:`CheckpointShapeError` listing parameters whose shapes differ."""
         saved = self.manager.restore(step, args=ocp.args.Composite(shapes=ocp.args.JsonRestore()))

@@ -25,19 +25,17 @@ from tqdm.auto import tqdm
 
 from t5x_instruct import partitioning
 from t5x_instruct.errors import UserInputError
-from t5x_instruct.models import DecoderConfig, T5Config, build_model
+from t5x_instruct.models import build_model, model_family
+from t5x_instruct.plugins.base import Action, CheckpointContext, EvalContext, Plugin
+from t5x_instruct.plugins.plugin_set import PluginSet
 from t5x_instruct.training import checkpoints as ckpt_lib
 from t5x_instruct.training.evaluation import GreedyEvaluator
 from t5x_instruct.training.metrics import MetricsWriter
 from t5x_instruct.training.optimizers import learning_rate_schedule, make_optimizer
 from t5x_instruct.training.reporting import print_eval_table, summarise
+from t5x_instruct.training.state_init import StateLayout, make_layout, restore_or_initialise
 from t5x_instruct.training.step import LossConfig, eval_step, metrics_from_sums, train_step
-from t5x_instruct.training.train_state import (
-    ModelSpec,
-    TrainState,
-    init_train_state,
-    train_state_shardings,
-)
+from t5x_instruct.training.train_state import ModelSpec, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +96,16 @@ def train(
     fallback_to_scratch: bool = False,
     final_eval: bool = True,
     progress_bar: bool = True,
+    plugins: Sequence[Plugin] = (),
     model_spec: ModelSpec | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and checkpoint; returns the final summary (also ``summary.json``).
 
     Restarting with the same MODEL_DIR resumes from its latest checkpoint, data position
     included, so a killed run continues with exactly the losses it would have had.
+    ``plugins`` (gin: ``train.plugins = [@SomePlugin(), ...]``) extend the model, loss,
+    optimizer split and loop; ``model_spec`` (tests) replaces ``build_model`` and is then
+    transformed by the plug-ins too.
     """
     _check_positive_ints(train_steps=train_steps, batch_size=batch_size, log_period=log_period)
     if eval_period and eval_period % log_period:
@@ -113,11 +115,15 @@ def train(
     from t5x_instruct import data  # lazy: TensorFlow only when a run actually reads data
 
     os.makedirs(model_dir, exist_ok=True)
-    spec = model_spec or ModelSpec.create(build_model)
+    plugin_set = PluginSet(plugins)
+    base_build = model_spec.build if model_spec is not None else build_model
+    spec = (
+        ModelSpec.create(plugin_set.build(base_build, seed))
+        if plugin_set or model_spec is None
+        else model_spec
+    )
     config = spec.config
-    encoder_decoder = isinstance(config, T5Config)
-    if not encoder_decoder and not isinstance(config, DecoderConfig):
-        raise TypeError(f"Unsupported model config {type(config).__name__}")
+    encoder_decoder = model_family(config).encoder_decoder
     objectives = {"prefix_lm": "prefix_lm", "lm": "decoder"}
     if decoder_objective not in objectives:
         raise ValueError(
@@ -125,24 +131,32 @@ def train(
         )
     model_type = "encoder_decoder" if encoder_decoder else objectives[decoder_objective]
     mesh = partitioning.create_mesh(mesh_config or partitioning.MeshConfig())
-    rules = list(logical_axis_rules or partitioning.standard_logical_axis_rules())
+    rules = plugin_set.axis_rules(
+        list(logical_axis_rules or partitioning.standard_logical_axis_rules())
+    )
     schedule = learning_rate_schedule()
     optimizer = optimizer or make_optimizer(learning_rate=schedule)
     loss_config = loss_config or LossConfig()
-    log.info("Model: %s (%.2fM parameters)", type(config).__name__, spec.num_params() / 1e6)
+    layout = make_layout(spec, optimizer, mesh, rules, plugin_set, model_dir)
+    log.info(
+        "Model: %s (%.2fM parameters, %.4fM trainable)%s",
+        type(config).__name__,
+        spec.num_params() / 1e6,
+        layout.trainable_count() / 1e6,
+        f", plug-ins: {', '.join(plugin_set.names)}" if plugin_set else "",
+    )
 
     _check_batch_divisible(mesh, rules, batch_size=batch_size)
     if eval_period:  # validation batches are sharded like training batches
         _check_batch_divisible(mesh, rules, eval_batch_size=eval_batch_size)
-    state_shardings = train_state_shardings(spec, optimizer, mesh, rules)
+    state_shardings = layout.shardings
     replicated = NamedSharding(mesh, PartitionSpec())
     checkpointer = ckpt_lib.Checkpointer(
         model_dir, keep=keep_checkpoints, async_save=async_checkpointing
     )
-    state, data_state = _restore_or_initialise(
-        spec, optimizer, mesh, rules, state_shardings, checkpointer,
-        initial_checkpoint_path, assignment_map, fallback_to_scratch,
-    )  # fmt: skip
+    state, data_state = restore_or_initialise(
+        layout, checkpointer, initial_checkpoint_path, assignment_map, fallback_to_scratch
+    )
     start_step = int(jax.device_get(state.step))
 
     iterator = data.DataIterator(
@@ -164,7 +178,15 @@ def train(
     def _train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
         with partitioning.axis_rules(mesh, rules):
             return train_step(
-                spec, optimizer, loss_config, state, batch, rng, num_microbatches=num_microbatches
+                spec,
+                optimizer,
+                loss_config,
+                state,
+                batch,
+                rng,
+                num_microbatches=num_microbatches,
+                plugins=plugin_set,
+                is_trainable=layout.is_trainable,
             )
 
     batch_shardings = None  # resolved from the first batch (feature names vary by model)
@@ -190,12 +212,21 @@ def train(
             data, mixture_or_task_name, task_feature_lengths, validation_split,
             eval_batch_size, model_type, max_eval_examples,
         )  # fmt: skip
-    eval_loss_fn = jax.jit(lambda params, batch: eval_step(spec, loss_config, params, batch))
+    eval_loss_fn = jax.jit(
+        lambda params, aux, batch: eval_step(
+            spec, loss_config, params, batch, plugins=plugin_set, aux=aux
+        )
+    )
+
+    def save(force: bool = False) -> None:
+        if checkpointer.save(layout.for_checkpoint(state), iterator.state(), force=force):
+            _plugin_exports(plugin_set, state, model_dir)
 
     step = start_step
     tokens_since_log = 0
     last_log_time = time.perf_counter()
     first_step_time: float | None = None
+    stop: tuple[int, list[str]] | None = None  # (step, plug-ins) when a plug-in stopped the run
     bar = tqdm(
         total=train_steps,
         initial=start_step,
@@ -238,26 +269,40 @@ def train(
                 }
                 if step == log_period or (start_step and step - start_step == log_period):
                     record["first_step_seconds"] = first_step_time
+                action = Action.CONTINUE
                 if eval_period and step % eval_period == 0:
                     evals = _run_evals(
                         evaluator, eval_sources, val_batches, eval_loss_fn, state, mesh, rules
                     )
+                    evals.update(
+                        _plugin_metrics(plugin_set, layout, state, evaluator, model_dir, evals)
+                    )
                     record.update(evals)
                     log.info("step %d: %s", step, _eval_line(evals, eval_sources))
+                    action, who = plugin_set.after_eval(step, record)
+                    if action == Action.STOP:
+                        stop = (step, who)
                 written = writer.write(step, record)
                 bar.set_postfix(loss=f"{written['loss']:.3f}")
                 tokens_since_log = 0
                 last_log_time = time.perf_counter()
+                if action != Action.CONTINUE:
+                    log.info("step %d: plug-in(s) %s asked to %s", step, who, action.value)
+                    save(force=True)
+                    if stop is not None:
+                        break
             if step % checkpoint_period == 0 or step == train_steps:
-                checkpointer.save(state, iterator.state())
+                save()
         if preemption.requested:
             log.warning("SIGTERM received: saving step %d before exiting", step)
-            checkpointer.save(state, iterator.state(), force=True)
+            save(force=True)
     bar.close()
     checkpointer.close()
 
     summary: dict[str, Any] = {"step": step, "model_dir": model_dir}
-    if final_eval and step >= train_steps:
+    if stop is not None:
+        summary["stopped_early"] = {"step": stop[0], "by": stop[1]}
+    if final_eval and (step >= train_steps or stop is not None):
         sources = data.get_eval_examples(
             eval_name, final_eval_split, max_examples=max_eval_examples
         )
@@ -265,46 +310,15 @@ def train(
         summary["eval_split"] = final_eval_split
         summary["eval"] = summarise(results)
         summary["samples"] = {r.name: r.samples for r in results}
+        if plugin_set:
+            summary["plugins"] = _plugin_metrics(
+                plugin_set, layout, state, evaluator, model_dir, summary["eval"]
+            )
         print_eval_table(results)
         with open(os.path.join(model_dir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
     writer.close()
     return summary
-
-
-def _restore_or_initialise(
-    spec: ModelSpec,
-    optimizer: optax.GradientTransformation,
-    mesh: Any,
-    rules: partitioning.AxisRules,
-    state_shardings: TrainState,
-    checkpointer: ckpt_lib.Checkpointer,
-    initial_checkpoint_path: str | None,
-    assignment_map: Sequence[tuple[str, str | None]],
-    fallback_to_scratch: bool,
-) -> tuple[TrainState, dict[str, Any]]:
-    """Resume from MODEL_DIR if it has a checkpoint, else initialise (optionally warm-start)."""
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            jax.eval_shape(lambda: init_train_state(spec.abstract_params(), optimizer)),
-            state_shardings,
-        )
-        state, data_state = checkpointer.restore(latest, abstract)
-        log.info("Resumed from %s at step %d", checkpointer.directory, latest)
-        return state, data_state
-    params = spec.init_params(mesh, rules)
-    if initial_checkpoint_path:
-        params = ckpt_lib.load_params_for_warm_start(
-            initial_checkpoint_path,
-            spec.abstract_params(),
-            params,
-            assignment_map=assignment_map,
-            fallback_to_scratch=fallback_to_scratch,
-        )
-    init = jax.jit(lambda p: init_train_state(p, optimizer), out_shardings=state_shardings)
-    return init(params), {}
 
 
 def _eval_line(evals: Mapping[str, float], sources: Sequence[Any]) -> str:
@@ -390,7 +404,9 @@ def _run_evals(
     if val_batches:
         sums: dict[str, Any] = {}
         for batch in val_batches:
-            part = eval_loss_fn(state.params, partitioning.shard_batch(batch, mesh, rules))
+            part = eval_loss_fn(
+                state.params, state.aux, partitioning.shard_batch(batch, mesh, rules)
+            )
             sums = part if not sums else jax.tree.map(jnp.add, sums, part)
         for name, value in metrics_from_sums(jax.device_get(sums)).items():
             out[f"validation/{name}"] = float(value)
@@ -398,3 +414,46 @@ def _run_evals(
         for metric, value in result.metrics.items():
             out[f"eval/{result.name}/{metric}"] = value
     return out
+
+
+def _plugin_metrics(
+    plugins: PluginSet,
+    layout: StateLayout,
+    state: TrainState,
+    evaluator: GreedyEvaluator,
+    model_dir: str,
+    metrics: Mapping[str, Any],
+) -> dict[str, float]:
+    if not plugins:
+        return {}
+    ctx = EvalContext(
+        step=int(jax.device_get(state.step)),
+        params=state.params,
+        aux=state.aux,
+        model_spec=layout.spec,
+        evaluator=evaluator,
+        mesh=layout.mesh,
+        rules=layout.rules,
+        model_dir=model_dir,
+        metrics=dict(metrics),
+    )
+    return plugins.eval_metrics(ctx)
+
+
+def _plugin_exports(plugins: PluginSet, state: TrainState, model_dir: str) -> None:
+    if not plugins:
+        return
+    from jax.experimental import multihost_utils
+
+    plugins.on_checkpoint(
+        CheckpointContext(
+            step=int(jax.device_get(state.step)),
+            params=state.params,
+            aux=state.aux,
+            model_dir=model_dir,
+            fetch=lambda tree: jax.tree.map(
+                np.asarray, multihost_utils.process_allgather(tree, tiled=True)
+            ),
+            is_writer=jax.process_index() == 0,
+        )
+    )

@@ -3,12 +3,16 @@
 Models are NNX modules, but what travels through ``jit``, optax and orbax is a pure dict of
 arrays: stable checkpoint keys, no framework objects inside optimizer state. ``ModelSpec``
 keeps the graph definition and the abstract (shape-only) state to rebuild a module.
+
+Only *trainable* parameters are differentiated and carry optimizer state
+(:func:`split_params`); frozen ones (a plug-in's frozen base model) pass through the step
+unchanged. ``TrainState.aux`` holds plug-ins' auxiliary state, keyed by plug-in name.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -26,7 +30,53 @@ Params = dict[str, Any]
 class TrainState:
     step: jax.Array
     params: Params
-    opt_state: Any
+    opt_state: Any  # optimizer state of the trainable parameters only
+    aux: dict[str, Any] = struct.field(default_factory=dict)
+
+
+IsTrainable = Callable[[str], bool]
+
+
+def _all_trainable(path: str) -> bool:
+    del path
+    return True
+
+
+def split_params(params: Params, is_trainable: IsTrainable | None) -> tuple[Params, Params]:
+    """``(trainable, frozen)`` nested dicts with the same keys as ``params``, pruned.
+
+    Paths are ``'/'``-joined keys (``decoder/layers/blocks/0/mlp/wi_0/kernel``).
+    """
+    is_trainable = is_trainable or _all_trainable
+
+    def split(tree: Mapping[Any, Any], prefix: str) -> tuple[dict, dict]:
+        train, frozen = {}, {}
+        for key, value in tree.items():
+            name = f"{prefix}/{key}" if prefix else str(key)
+            if isinstance(value, Mapping):
+                t, f = split(value, name)
+                if t:
+                    train[key] = t
+                if f:
+                    frozen[key] = f
+            elif is_trainable(name):
+                train[key] = value
+            else:
+                frozen[key] = value
+        return train, frozen
+
+    return split(params, "")
+
+
+def merge_params(trainable: Params, frozen: Params) -> Params:
+    """Inverse of :func:`split_params`."""
+    out = dict(frozen)
+    for key, value in trainable.items():
+        if key in out and isinstance(value, Mapping):
+            out[key] = merge_params(value, out[key])
+        else:
+            out[key] = value
+    return out
 
 
 def _is_variable(x: Any) -> bool:
@@ -80,9 +130,18 @@ class ModelSpec:
         return sum(int(x.size) for x in jax.tree.leaves(self.abstract_params()))
 
 
-def init_train_state(params: Params, optimizer: optax.GradientTransformation) -> TrainState:
+def init_train_state(
+    params: Params,
+    optimizer: optax.GradientTransformation,
+    is_trainable: IsTrainable | None = None,
+    aux: dict[str, Any] | None = None,
+) -> TrainState:
+    trainable, _ = split_params(params, is_trainable)
     return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params)
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(trainable),
+        aux=dict(aux or {}),
     )
 
 
@@ -91,6 +150,8 @@ def train_state_shardings(
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
     rules: partitioning.AxisRules,
+    is_trainable: IsTrainable | None = None,
+    aux_shardings: dict[str, Any] | None = None,
 ) -> TrainState:
     """Shardings for every leaf of the train state.
 
@@ -99,7 +160,7 @@ def train_state_shardings(
     """
     param_shardings = spec.param_shardings(mesh, rules)
     abstract_params = spec.abstract_params()
-    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    abstract_opt = jax.eval_shape(optimizer.init, split_params(abstract_params, is_trainable)[0])
     replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
     by_shape: dict[tuple, list[NamedSharding]] = {}
     for leaf, sharding in zip(jax.tree.leaves(abstract_params), jax.tree.leaves(param_shardings)):
@@ -114,7 +175,12 @@ def train_state_shardings(
         return candidates[0] if len(set(candidates)) == 1 else replicated
 
     opt_shardings = jax.tree_util.tree_map_with_path(opt_sharding, abstract_opt)
-    return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
+    return TrainState(
+        step=replicated,
+        params=param_shardings,
+        opt_state=opt_shardings,
+        aux=dict(aux_shardings or {}),
+    )
 
 
 def _lookup_param_by_path(

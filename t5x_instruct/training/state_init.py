@@ -1,0 +1,146 @@
+"""Where a run's train state comes from: MODEL_DIR's latest checkpoint, a warm start, or init.
+
+Plug-ins shape it: which parameters are trainable (only those carry optimizer state) and
+which auxiliary state rides along (``TrainState.aux``). Auxiliary state that is not
+checkpointed (a frozen teacher) is rebuilt from its plug-in at every start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import optax
+
+from t5x_instruct import partitioning
+from t5x_instruct.plugins.base import AuxState, SetupContext
+from t5x_instruct.plugins.plugin_set import PluginSet
+from t5x_instruct.training import checkpoints as ckpt_lib
+from t5x_instruct.training.train_state import (
+    IsTrainable,
+    ModelSpec,
+    TrainState,
+    init_train_state,
+    split_params,
+    train_state_shardings,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class StateLayout:
+    """Everything needed to build, shard, save and restore one run's train state."""
+
+    spec: ModelSpec
+    optimizer: optax.GradientTransformation
+    mesh: Any
+    rules: partitioning.AxisRules
+    plugins: PluginSet
+    aux: dict[str, AuxState]
+
+    @property
+    def is_trainable(self) -> IsTrainable | None:
+        return self.plugins.is_trainable if self.plugins else None
+
+    @functools.cached_property
+    def shardings(self) -> TrainState:
+        return train_state_shardings(
+            self.spec,
+            self.optimizer,
+            self.mesh,
+            self.rules,
+            self.is_trainable,
+            {name: aux.shardings for name, aux in self.aux.items()},
+        )
+
+    def trainable_count(self) -> int:
+        trainable, _ = split_params(self.spec.abstract_params(), self.is_trainable)
+        return sum(int(x.size) for x in jax.tree.leaves(trainable))
+
+    def for_checkpoint(self, state: TrainState) -> TrainState:
+        """The state as saved: without auxiliary state that is rebuilt at start."""
+        saved_aux = {k: v for k, v in state.aux.items() if self._checkpointed(k)}
+        return state.replace(aux=saved_aux)
+
+    def _checkpointed(self, name: str) -> bool:
+        return name not in self.aux or self.aux[name].checkpointed
+
+    def abstract_checkpoint(self) -> TrainState:
+        """ShapeDtypeStructs (with shardings) of what :meth:`for_checkpoint` saves."""
+        shardings = self.shardings
+        abstract = jax.eval_shape(
+            lambda: init_train_state(
+                self.spec.abstract_params(),
+                self.optimizer,
+                self.is_trainable,
+                {name: aux.abstract for name, aux in self.aux.items()},
+            )
+        )
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+        )
+        return self.for_checkpoint(abstract)
+
+    def rebuilt_aux(self, only_uncheckpointed: bool) -> dict[str, Any]:
+        return {
+            name: aux.init()
+            for name, aux in self.aux.items()
+            if not (only_uncheckpointed and aux.checkpointed)
+        }
+
+
+def make_layout(
+    spec: ModelSpec,
+    optimizer: optax.GradientTransformation,
+    mesh: Any,
+    rules: partitioning.AxisRules,
+    plugins: PluginSet,
+    model_dir: str,
+) -> StateLayout:
+    aux = plugins.aux_states(SetupContext(spec, mesh, rules, model_dir)) if plugins else {}
+    return StateLayout(spec, optimizer, mesh, rules, plugins, aux)
+
+
+def restore_or_initialise(
+    layout: StateLayout,
+    checkpointer: ckpt_lib.Checkpointer,
+    initial_checkpoint_path: str | None,
+    assignment_map: Sequence[tuple[str, str | None]],
+    fallback_to_scratch: bool,
+) -> tuple[TrainState, dict[str, Any]]:
+    """Resume from MODEL_DIR if it has a checkpoint, else initialise (optionally warm-start)."""
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        missing = checkpointer.missing_params(latest, layout.spec.abstract_params())
+        layout.plugins.check_params_present(
+            missing, f"MODEL_DIR checkpoint {checkpointer.directory}/{latest}"
+        )
+        state, data_state = checkpointer.restore(latest, layout.abstract_checkpoint())
+        state = state.replace(aux={**state.aux, **layout.rebuilt_aux(only_uncheckpointed=True)})
+        log.info("Resumed from %s at step %d", checkpointer.directory, latest)
+        return state, data_state
+    params = layout.spec.init_params(layout.mesh, layout.rules)
+    if initial_checkpoint_path:
+        params = ckpt_lib.load_params_for_warm_start(
+            initial_checkpoint_path,
+            layout.spec.abstract_params(),
+            params,
+            assignment_map=layout.plugins.assignment_map(assignment_map),
+            fallback_to_scratch=fallback_to_scratch,
+        )
+        if layout.plugins:  # plug-in parameters derived from base weights see the loaded ones
+            params = jax.jit(
+                layout.plugins.init_from_base, out_shardings=layout.shardings.params
+            )(params)
+    aux = layout.rebuilt_aux(only_uncheckpointed=False)
+    shardings = layout.shardings
+    init = jax.jit(
+        lambda p, a: init_train_state(p, layout.optimizer, layout.is_trainable, a),
+        out_shardings=shardings,
+    )
+    return init(params, aux), {}
