@@ -299,7 +299,12 @@ def train(
     bar.close()
     checkpointer.close()
 
-    summary: dict[str, Any] = {"step": step, "model_dir": model_dir}
+    summary: dict[str, Any] = {
+        "step": step,
+        "model_dir": model_dir,
+        "params": spec.num_params(),
+        "trainable_params": layout.trainable_count(),
+    }
     if stop is not None:
         summary["stopped_early"] = {"step": stop[0], "by": stop[1]}
     if final_eval and (step >= train_steps or stop is not None):

@@ -18,7 +18,9 @@ from collections.abc import Hashable
 from tasks.demo.task_types import ALL_TASK_TYPES, HELDOUT_TASK_TYPE, Problem, TaskType
 
 DEFAULT_SEED = 1234
-SPLIT_SIZES: dict[str, int] = {"train": 3000, "validation": 200, "test": 200}
+# "adapt": training data for the held-out task type, for adaptation experiments only (a
+# plug-in adapting a trained model to the held-out task); never in the training mixture.
+SPLIT_SIZES: dict[str, int] = {"train": 3000, "validation": 200, "test": 200, "adapt": 1000}
 EVAL_SPLITS = ("validation", "test")
 _MAX_TRIES_PER_EXAMPLE = 200
 
@@ -73,13 +75,16 @@ def _draw(task_type: TaskType, rng: random.Random) -> _Draw:
 def _problems(task_type_name: str, seed: int) -> dict[str, tuple[_Draw, ...]]:
     task_type = task_type_by_name(task_type_name)
     rng = random.Random(f"demo:{seed}:{task_type.name}")
-    splits = EVAL_SPLITS if task_type is HELDOUT_TASK_TYPE else ("train", *EVAL_SPLITS)
+    heldout = task_type is HELDOUT_TASK_TYPE
+    splits = (*EVAL_SPLITS, "adapt") if heldout else ("train", *EVAL_SPLITS)
     taken: set[Hashable] = set()
     drawn: dict[str, tuple[_Draw, ...]] = {}
-    for split in (*EVAL_SPLITS, "train"):  # evaluation problems first, so train avoids them
+    # Evaluation problems first, so training data avoids them (and adding the "adapt" split,
+    # drawn last, left every earlier split unchanged).
+    for split in (*EVAL_SPLITS, "train", "adapt"):
         if split not in splits:
             continue
-        distinct = split != "train"  # training may repeat a problem; evaluation may not
+        distinct = split in EVAL_SPLITS  # training may repeat a problem; evaluation may not
         out: list[_Draw] = []
         new_keys: set[Hashable] = set()
         for _ in range(SPLIT_SIZES[split] * _MAX_TRIES_PER_EXAMPLE):
@@ -96,7 +101,7 @@ def _problems(task_type_name: str, seed: int) -> dict[str, tuple[_Draw, ...]]:
                 f"Demo task type {task_type.name!r}: could only draw {len(out)} of "
                 f"{SPLIT_SIZES[split]} disjoint {split} examples; its problem space is too small."
             )
-        if split != "train":
+        if split in EVAL_SPLITS:
             taken |= new_keys
         drawn[split] = tuple(out)
     return drawn

@@ -21,6 +21,9 @@ TASK_FEATURE_LENGTHS = {"inputs": 48, "targets": 8}
 TRAIN_MIXTURE = "demo_instructions"
 HELDOUT_TEMPLATES_MIXTURE = "demo_instructions_heldout_templates"
 HELDOUT_TASK = f"demo_heldout_{HELDOUT_TASK_TYPE.name}"
+# The held-out task type with a training split ("adapt" examples): for adapting a trained
+# model to it (prompt tuning, LoRA, fine-tuning); evaluate on HELDOUT_TASK.
+ADAPT_TASK = f"demo_adapt_{HELDOUT_TASK_TYPE.name}"
 EVAL_MIXTURE = "demo_eval"
 
 
@@ -38,10 +41,17 @@ class _GeneratedSource(seqio.DataSource):
     replay its order every epoch.
     """
 
-    def __init__(self, type_name: str, heldout_templates: bool, splits: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        type_name: str,
+        heldout_templates: bool,
+        splits: tuple[str, ...],
+        split_map: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(splits=splits, performs_internal_shuffling=True)
         self._type_name = type_name
         self._heldout_templates = heldout_templates
+        self._split_map = dict(split_map or {})
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
@@ -62,7 +72,11 @@ class _GeneratedSource(seqio.DataSource):
         num_epochs: int | None = 1,
     ) -> tf.data.Dataset:
         del sequence_length, use_cached, num_epochs  # repetition is the Task's job
-        examples = generate(self._type_name, split, heldout_templates=self._heldout_templates)
+        examples = generate(
+            self._type_name,
+            self._split_map.get(split, split),
+            heldout_templates=self._heldout_templates,
+        )
         ds = tf.data.Dataset.from_tensor_slices(
             {"inputs": [e.inputs for e in examples], "targets": [e.targets for e in examples]}
         )
@@ -82,12 +96,18 @@ def _vocabulary() -> seqio.Vocabulary:
     return seqio.SentencePieceVocabulary(VOCAB_PATH)
 
 
-def _add_task(name: str, type_name: str, heldout_templates: bool, splits: tuple[str, ...]) -> None:
+def _add_task(
+    name: str,
+    type_name: str,
+    heldout_templates: bool,
+    splits: tuple[str, ...],
+    split_map: Mapping[str, str] | None = None,
+) -> None:
     vocab = _vocabulary()
     seqio.TaskRegistry.remove(name)  # re-registration (module reload) replaces, not fails
     seqio.TaskRegistry.add(
         name,
-        source=_GeneratedSource(type_name, heldout_templates, splits),
+        source=_GeneratedSource(type_name, heldout_templates, splits, split_map),
         output_features={
             "inputs": seqio.Feature(vocab, add_eos=True, required=True),
             "targets": seqio.Feature(vocab, add_eos=True),
@@ -122,6 +142,10 @@ def register() -> None:
         heldout_template_tasks.append(name)
     _add_task(HELDOUT_TASK, HELDOUT_TASK_TYPE.name, False, EVAL_SPLITS)
     set_task_group(HELDOUT_TASK, "heldout_task")
+    _add_task(
+        ADAPT_TASK, HELDOUT_TASK_TYPE.name, False, ("train", *EVAL_SPLITS), {"train": "adapt"}
+    )
+    set_task_group(ADAPT_TASK, "heldout_task")
     # Equal rates: every training task has the same number of examples, so this is also
     # the examples-proportional mixture.
     _add_mixture(TRAIN_MIXTURE, train_tasks)
