@@ -33,6 +33,7 @@ _ACTIVATIONS = {
     "gelu_new": "gelu",
     "gelu_pytorch_tanh": "gelu",
     "gelu": "gelu_exact",
+    "gelu_python": "gelu_exact",
     "silu": "silu",
     "swish": "silu",
     "relu": "relu",
