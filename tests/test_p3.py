@@ -184,6 +184,10 @@ def test_local_dataset_end_to_end_through_seqio(local_rte, library):
     assert list(examples.targets_text) == [e.targets for e in expected]
     assert examples.score([e.targets for e in expected]) == {"exact_match": 1.0}
 
+    (scored,) = data.get_score_examples(name + p3.SCORE_EVAL_SUFFIX, "validation")
+    assert [e.choices_text for e in scored.examples] == [expected[0].answer_choices] * 3
+    assert [e.correct_choices for e in scored.examples] == [(0,), (1,), (0,)]  # labels 0, 1, 0
+    assert scored.metrics([0.0, -1.0, -1.0, 0.0, -3.0, -2.0]) == {"accuracy": pytest.approx(2 / 3)}
     score_task = seqio.get_mixture_or_task(name + p3.SCORE_EVAL_SUFFIX)
     rows = list(
         score_task.get_dataset(
@@ -232,7 +236,7 @@ def _toy_library(tmp_path) -> TemplateLibrary:
     return TemplateLibrary(str(tmp_path))
 
 
-def test_template_error_while_reading_names_file_and_template(tmp_path):
+def test_template_error_while_reading_names_file_and_template(tmp_path, caplog):
     library = _toy_library(tmp_path)
     dataset = t0_datasets.P3Dataset("toyset", None, 2, "test", ("train",))
     infos = p3.register_p3_tasks(
@@ -240,17 +244,25 @@ def test_template_error_while_reading_names_file_and_template(tmp_path):
     )
     assert [i.name for i in infos] == ["toyset_fine_one", "toyset_broken_one"]
     assert {i.rate for i in infos} == {2}
-    previous = p3.set_example_loader(lambda n, s, split: [{"a": "x", "b": "y"}])
+    rows = [{"a": "x", "b": "y"}]
+    previous = p3.set_example_loader(lambda n, s, split: rows)
     try:
         fine = seqio.get_mixture_or_task("toyset_fine_one").source
         assert list(fine.examples("train")) == [
             {"inputs": "x", "targets": "y", "answer_choices": []}
         ]
         broken = seqio.get_mixture_or_task("toyset_broken_one")
-        with pytest.raises(Exception, match="zz-9") as err:
+        with caplog.at_level("WARNING"):  # one bad example: skipped, logged, no error
+            got = list(broken.get_dataset(sequence_length=None, split="train").as_numpy_iterator())
+        assert got == []
+        stats = p3.render_stats("toyset_broken_one", "train")
+        assert (stats.read, stats.rendered, stats.skipped) == (1, 0, 1)
+        assert "zz-9" in stats.reasons[0] and library.path("toyset") in stats.reasons[0]
+        assert "toyset_broken_one" in caplog.text and "broken one" in caplog.text
+        rows[:] = [{"a": str(i), "b": "y"} for i in range(12)]  # every example fails: raise
+        with pytest.raises(Exception, match="all 12 examples failed to render") as err:
             list(broken.get_dataset(sequence_length=None, split="train").as_numpy_iterator())
-        assert library.path("toyset") in str(err.value)
-        assert "broken one" in str(err.value)
+        assert "zz-9" in str(err.value)
         with pytest.raises(ValueError, match="no split 'validation'"):
             broken.source.get_dataset("validation")
     finally:
@@ -258,3 +270,78 @@ def test_template_error_while_reading_names_file_and_template(tmp_path):
         for info in infos:
             seqio.TaskRegistry.remove(info.name)
             p3.P3_TASKS.pop(info.name)
+
+
+PICKY_TEMPLATES = """\
+dataset: picky
+templates:
+  p-1: !Template
+    answer_choices: '{{ c1 }} ||| {{ c2 }}'
+    id: p-1
+    jinja: '{{ a }} says {{ b.upper() }} ||| {{ answer_choices[label] }}'
+    metadata: !TemplateMetadata {original_task: true, choices_in_prompt: false,
+      metrics: [Accuracy]}
+    name: picky
+    reference: ''
+"""
+PICKY_ROWS = [
+    {"a": "one", "b": "hi", "c1": "yes", "c2": "no", "label": 0},
+    {"a": "two", "b": 7, "c1": "yes", "c2": "no", "label": 1},  # int has no .upper(): raises
+    {"a": "three", "b": "ok", "c1": "y ||| es", "c2": "no", "label": 0},  # target splits
+    {"a": "four", "b": "ok", "c1": "y ||| es", "c2": "no", "label": 1},  # fine: prints "no"
+    {"a": "five", "b": "go", "c1": "yes", "c2": "no", "label": 1},
+]
+
+
+def test_bad_examples_are_skipped_counted_and_logged_and_the_run_goes_on(tmp_path, caplog):
+    folder = tmp_path / "picky"
+    folder.mkdir()
+    (folder / "templates.yaml").write_text(PICKY_TEMPLATES, encoding="utf-8")
+    library = TemplateLibrary(str(tmp_path))
+    dataset = t0_datasets.P3Dataset("picky", None, 5, "test", ("train",))
+    (info,) = p3.register_p3_tasks([dataset], library=library, vocabulary=seqio.ByteVocabulary())
+    previous = p3.set_example_loader(lambda n, s, split: PICKY_ROWS)
+    try:
+        with caplog.at_level("WARNING"):
+            batches = list(
+                data.get_dataset(
+                    info.name, task_feature_lengths={"inputs": 32, "targets": 8}, batch_size=1,
+                    shuffle=False, num_epochs=1,
+                ).as_numpy_iterator()
+            )  # fmt: skip
+        vocab = seqio.ByteVocabulary()
+        texts = [vocab.decode([int(i) for i in b["encoder_input_tokens"][0] if i > 1])
+                 for b in batches]  # fmt: skip
+        assert texts == ["one says HI", "four says OK", "five says GO"]
+        stats = p3.render_stats(info.name, "train")
+        assert (stats.read, stats.rendered, stats.skipped, stats.incomplete) == (5, 3, 2, 0)
+        assert "example 1" in stats.reasons[0] and "UndefinedError" in stats.reasons[0]
+        assert "example 2" in stats.reasons[1] and "3 parts" in stats.reasons[1]
+        assert info.name in caplog.text and "'p-1'" in caplog.text
+        # The rank-classification twin keeps the choice containing '|||' as one choice.
+        (score,) = data.get_score_examples(info.score_eval_name, "train")
+        assert [e.choices_text for e in score.examples] == [
+            ("yes", "no"), ("y ||| es", "no"), ("yes", "no"),
+        ]  # fmt: skip
+        assert [e.correct_choices for e in score.examples] == [(0,), (1,), (1,)]
+    finally:
+        p3.set_example_loader(previous)
+        for name in (info.name, info.score_eval_name):
+            seqio.TaskRegistry.remove(name)
+        p3.P3_TASKS.pop(info.name)
+
+
+def test_generation_tasks_get_the_metrics_their_templates_name(library):
+    """PromptSource's metadata names the metrics: ROUGE, BLEU and Squad templates get them."""
+    from t5x_instruct.data import metrics
+
+    named = {"ROUGE": metrics.rouge, "BLEU": metrics.bleu, "Squad": metrics.squad}
+    seen = set()
+    for info in p3.P3_TASKS.values():
+        fns = seqio.get_mixture_or_task(info.name).predict_metric_fns
+        assert fns[0] is metrics.exact_match
+        for name, fn in named.items():
+            assert (fn in fns) == (name in info.template.metadata.metrics), info.name
+            if fn in fns:
+                seen.add(name)
+    assert seen == {"ROUGE", "BLEU", "Squad"}

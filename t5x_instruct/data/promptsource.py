@@ -7,13 +7,28 @@ maps those two tags onto our frozen dataclasses, so loading a file never runs co
 imports ``promptsource`` (whose package pulls in pkg_resources, streamlit, datasets ...); an
 installed ``promptsource`` is only used as a directory of files.
 
-Rendering follows PromptSource's semantics: the ``jinja`` source renders to ``inputs ||| targets``;
-``answer_choices`` is itself a Jinja expression rendering to ``a ||| b ||| ...`` and is visible
-to the main template as the list ``answer_choices``; ``|||`` occurring inside example text is
-protected so that it does not split; ``-`` in field names becomes ``_`` (Jinja cannot name
-``a-b``). Templates run in Jinja's sandbox. The ``choice`` and ``random`` filters draw from a
+Rendering reproduces PromptSource 0.2.3's ``Template.apply`` (with its default
+``truncate=True``), which the tests check against PromptSource itself on the real files:
+
+* the ``jinja`` source renders to ``inputs ||| targets``; ``answer_choices`` is itself a Jinja
+  expression rendering to ``a ||| b ||| ...``, visible to the main template as the list
+  ``answer_choices``;
+* every ``{{ ... }}`` output of the main template is passed through ``| string |
+  truncate(2048)`` (PromptSource rewrites each ``}}`` textually, so the filter binds to the
+  last operand of the expression, exactly as there): text over 2048 + 5 characters is cut at
+  a word boundary and ends in ``...``;
+* ``|||`` inside a top-level string field is protected so that it does not split (fields
+  nested in lists or dicts are not, as in PromptSource); an answer choice containing ``|||``
+  is handed to the template unprotected, so a target that prints it splits into more than two
+  parts. PromptSource's ``apply`` then returns three or more parts and P3's pipeline dropped
+  such examples; :meth:`PromptTemplate.render` raises :class:`SeparatorError` for them and
+  :class:`~tasks.p3.PromptedSource` counts and skips them.
+
+Differences on purpose: ``-`` in field names becomes ``_`` (what P3's pipeline did before
+``apply``); templates run in Jinja's sandbox; the ``choice`` and ``random`` filters draw from a
 ``random.Random`` seeded by (seed, template id, example content), so the same example always
-renders the same way - PromptSource used the global, unseeded ``random`` module.
+renders the same way - PromptSource used the global, unseeded ``random`` module (the draws are
+otherwise identical: same call, same sequence).
 """
 
 from __future__ import annotations
@@ -36,13 +51,21 @@ import jinja2.sandbox
 import yaml
 
 SEPARATOR = "|||"
-# Stands in for "|||" inside example text while rendering (a private-use code point run).
-_PIPE_PLACEHOLDER = "\ue000\ue001\ue000"
+# Stands in for "|||" inside example text while rendering. PromptSource's own placeholder,
+# because truncation counts its characters: another length would cut long fields elsewhere.
+_PIPE_PLACEHOLDER = "3ed2dface8203c4c9dfb1a5dc58e41e0"
 TEMPLATES_FILE = "templates.yaml"
+# PromptSource's default cut of every template variable (``Template.apply(truncate=True)``).
+TEXT_VAR_LENGTH = 2048
 
 
 class TemplateError(ValueError):
     """A template that cannot be parsed or rendered; the message names its file and id."""
+
+
+class SeparatorError(TemplateError):
+    """The rendering split into more than ``inputs ||| targets`` (``|||`` in an answer choice
+    or a nested field); PromptSource returns the parts, P3 dropped the example."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +113,10 @@ class PromptTemplate:
         return bool(self.answer_choices and self.answer_choices.strip())
 
     def validate(self) -> None:
-        """Compiles both Jinja sources now; raises :class:`TemplateError` naming the template."""
+        """Compiles both Jinja sources now (the main one as :meth:`apply` runs it, truncation
+        filters included); raises :class:`TemplateError` naming the template."""
         self._compiled(self.jinja, "jinja")
+        self._compiled(_with_truncation(self.jinja, TEXT_VAR_LENGTH), "jinja")
         if self.has_answer_choices:
             self._compiled(self.answer_choices or "", "answer_choices")
 
@@ -104,35 +129,64 @@ class PromptTemplate:
             return None
         return self._render_choices({}, random.Random(0))
 
-    def render(self, example: Mapping[str, Any], *, seed: int = 0) -> RenderedPrompt:
-        """Applies the template to ``example`` (a dict of fields as the data set provides).
+    def apply(
+        self, example: Mapping[str, Any], *, seed: int = 0, truncate: int | None = TEXT_VAR_LENGTH
+    ) -> list[str]:
+        """The stripped ``|||``-separated parts, as PromptSource's ``Template.apply`` returns them
+        (two for a complete example, one without a target, more when a choice contains ``|||``).
+
+        ``truncate``: characters every ``{{ ... }}`` output is cut to (PromptSource's default
+        2048); ``None`` renders untruncated (PromptSource's ``truncate=False``).
 
         Raises:
-          TemplateError: naming the file, template id and name, for a syntax error, an error
-            raised while rendering (the original exception is chained), or a result with more
-            than one ``|||``.
+          TemplateError: naming the file, template id and name, for a syntax error or an error
+            raised while rendering (the original exception is chained).
         """
-        fields = _protect(_dehyphenate(example))
+        return self._apply(example, seed, truncate)[0]
+
+    def render(
+        self, example: Mapping[str, Any], *, seed: int = 0, truncate: int | None = TEXT_VAR_LENGTH
+    ) -> RenderedPrompt:
+        """Applies the template to ``example`` (a dict of fields as the data set provides).
+
+        ``inputs`` and ``targets`` are PromptSource's ``apply(example)`` parts (``targets`` is
+        ``''`` without a second part); see :meth:`apply` for ``truncate``.
+
+        Raises:
+          TemplateError: see :meth:`apply`.
+          SeparatorError: the rendering has more than two parts (see the module docstring).
+        """
+        parts, choices = self._apply(example, seed, truncate)
+        if len(parts) > 2:
+            raise SeparatorError(
+                f"{self.where()}: rendered to {len(parts)} parts; expected 'inputs ||| targets' "
+                "(an answer choice or a nested field contains '|||')."
+            )
+        targets = parts[1] if len(parts) == 2 else ""
+        return RenderedPrompt(parts[0], targets, tuple(choices or ()))
+
+    def _apply(
+        self, example: Mapping[str, Any], seed: int, truncate: int | None
+    ) -> tuple[list[str], tuple[str, ...] | None]:
+        fields = _dehyphenate(example)
         if "answer_choices" in fields:
             raise TemplateError(
                 f"{self.where()}: the example has a field 'answer_choices', which the template "
                 "variable of that name would hide."
             )
         rng = random.Random(_example_seed(seed, self.id, example))
-        choices = self._render_choices(fields, rng) if self.has_answer_choices else None
-        text = self._run(self.jinja, "jinja", {**fields, "answer_choices": choices}, rng)
-        parts = text.split(SEPARATOR)
-        if len(parts) > 2:
-            raise TemplateError(
-                f"{self.where()}: rendered to {len(parts)} parts; expected 'inputs ||| targets'."
-            )
-        inputs = _unprotect(parts[0]).strip()
-        targets = _unprotect(parts[1]).strip() if len(parts) == 2 else ""
-        return RenderedPrompt(inputs, targets, tuple(choices or ()))
+        choices = None
+        if self.answer_choices is not None:
+            choices = self._render_choices(fields, rng)
+        jinja = self.jinja if truncate is None else _with_truncation(self.jinja, truncate)
+        # A list, as PromptSource passes it (``answer_choices + [...]`` must work).
+        listed = None if choices is None else list(choices)
+        text = self._run(jinja, "jinja", {**_protect(fields), "answer_choices": listed}, rng)
+        return [_unprotect(part).strip() for part in text.split(SEPARATOR)], choices
 
     def _render_choices(self, fields: Mapping[str, Any], rng: random.Random) -> tuple[str, ...]:
-        text = self._run(self.answer_choices or "", "answer_choices", fields, rng)
-        return tuple(_unprotect(c).strip() for c in text.split(SEPARATOR))
+        text = self._run(self.answer_choices or "", "answer_choices", _protect(fields), rng)
+        return tuple(_unprotect(c.strip()) for c in text.split(SEPARATOR))
 
     def _compiled(self, text: str, what: str) -> jinja2.Template:
         try:
@@ -316,9 +370,17 @@ def _rng() -> random.Random:
 
 
 def _choice(seq: Sequence[Any]) -> Any:
-    """``choice``/``random`` filters: a seeded pick (``random.choice`` raises on empty input,
-    as in PromptSource)."""
-    return _rng().choice(list(seq))
+    """PromptSource's ``choice`` filter, seeded: raises ``IndexError`` on an empty sequence."""
+    return _rng().choice(seq)
+
+
+@jinja2.pass_environment
+def _random(env: jinja2.Environment, seq: Sequence[Any]) -> Any:
+    """Jinja's builtin ``random`` filter, seeded: undefined (renders ``''``) when empty."""
+    try:
+        return _rng().choice(seq)
+    except IndexError:
+        return env.undefined("No random item, sequence was empty.")
 
 
 def _most_frequent(items: Sequence[Any]) -> list[Any] | None:
@@ -332,7 +394,7 @@ def _most_frequent(items: Sequence[Any]) -> list[Any] | None:
 def _make_env() -> jinja2.sandbox.SandboxedEnvironment:
     env = jinja2.sandbox.SandboxedEnvironment(loader=jinja2.BaseLoader())
     env.filters["choice"] = _choice
-    env.filters["random"] = _choice
+    env.filters["random"] = _random
     env.filters["most_frequent"] = _most_frequent
     env.globals["zip"] = zip
     return env
@@ -350,14 +412,17 @@ def _dehyphenate(example: Mapping[str, Any]) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in example.items()}
 
 
-def _protect(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace(SEPARATOR, _PIPE_PLACEHOLDER)
-    if isinstance(value, Mapping):
-        return {k: _protect(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_protect(v) for v in value]
-    return value
+def _protect(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Hides ``|||`` in top-level string fields only (PromptSource does not look deeper)."""
+    return {
+        k: v.replace(SEPARATOR, _PIPE_PLACEHOLDER) if isinstance(v, str) else v
+        for k, v in fields.items()
+    }
+
+
+def _with_truncation(jinja: str, length: int) -> str:
+    """PromptSource's rewrite: every ``}}`` gets ``| string | truncate(length)`` before it."""
+    return jinja.replace("}}", f" | string | truncate({int(length)}) }}}}")
 
 
 def _unprotect(text: str) -> str:

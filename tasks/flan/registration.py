@@ -28,7 +28,7 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
@@ -36,10 +36,11 @@ import numpy as np
 import seqio
 
 from t5x_instruct.data.custom import add_rendered_task, register_mixture
+from t5x_instruct.data.metrics import bleu, exact_match, rouge, squad
 from t5x_instruct.data.registry import set_task_group
 from t5x_instruct.data.templates import FewShot, RenderConfig, Template, TemplateError
 from t5x_instruct.data.templates.fused import register_fused_mixture
-from t5x_instruct.data.vocabularies import get_vocabulary
+from t5x_instruct.data.vocabularies import ConfiguredVocabulary, make_vocabulary
 from tasks.flan.datasets import CLUSTERS, DatasetSpec, all_specs
 from tasks.flan.sizes import FLAN2022_COLLECTION_WEIGHTS, capped_rate, num_train_examples
 
@@ -140,9 +141,32 @@ def build_templates(task: str, pairs: Sequence[tuple[str, ...]]) -> tuple[Templa
 
 
 @gin.configurable
-def flan_vocabulary(kind: str = "byte", path: str | None = None) -> seqio.Vocabulary:
-    """The vocabulary of the Flan tasks (gin: ``flan_vocabulary.kind/path``)."""
-    return get_vocabulary(kind=kind, path=path)
+def flan_vocabulary(
+    kind: str = "byte", path: str | None = None, extra_ids: int = 0
+) -> seqio.Vocabulary:
+    """The vocabulary of the Flan tasks (gin: ``flan_vocabulary.kind/path/extra_ids``).
+
+    Flan-T5's own: ``flan_vocabulary.kind = 'sentencepiece'`` and ``flan_vocabulary.path`` =
+    a local checkpoint folder holding ``spiece.model`` (or the file itself).
+    """
+    return make_vocabulary(kind, path, extra_ids, binding="flan_vocabulary")
+
+
+def metric_fns(spec: DatasetSpec) -> tuple[Callable[..., dict[str, float]], ...]:
+    """The metrics Flan reports for a data set's generated text: exact match for option
+    (classification) sets, ROUGE for summarisation, BLEU for translation, both for
+    structure-to-text, exact match plus SQuAD F1 for free-form QA."""
+    if spec.classification:
+        return (exact_match,)
+    if spec.cluster == "summarization":
+        return (rouge,)
+    if spec.cluster == "translation":
+        return (bleu,)
+    if spec.cluster == "struct_to_text":
+        return (rouge, bleu)
+    if spec.cluster in ("closed_book_qa", "reading_comprehension"):
+        return (exact_match, squad)
+    return (exact_match,)
 
 
 def _variants(spec: DatasetSpec, per_template: bool) -> list[tuple[str, dict[str, Any]]]:
@@ -174,7 +198,7 @@ def register_spec(
         raise ValueError(f"Data set {spec.name!r}: unknown cluster {spec.cluster!r}.")
     if source is None:
         source = FlanTfdsSource(versioned_tfds_name(spec.tfds_name), splits=dict(spec.splits))
-    vocabulary = vocabulary or flan_vocabulary()
+    vocabulary = vocabulary or ConfiguredVocabulary(flan_vocabulary)
     standard = build_templates(f"{PREFIX}{spec.name}", spec.templates)
     cot = build_templates(f"{PREFIX}{spec.name}_cot", spec.cot_templates)
     pool = functools.partial(_load_pool, spec, source)
@@ -196,7 +220,8 @@ def register_spec(
             mode=mode,
         )  # fmt: skip
         add_rendered_task(name, source, config, vocabulary=vocabulary, normalize=spec.normalize,
-                          shuffle_buffer_size=SHUFFLE_BUFFER_SIZE)  # fmt: skip
+                          shuffle_buffer_size=SHUFFLE_BUFFER_SIZE,
+                          metric_fns=metric_fns(spec))  # fmt: skip
         names.append(name)
     return names
 
@@ -215,8 +240,9 @@ def few_shot_task(spec_name: str, k: int, *, seed: int = 0) -> str:
                          max_chars=FEW_SHOT_MAX_CHARS),
     )  # fmt: skip
     add_rendered_task(
-        name, source, config, vocabulary=flan_vocabulary(), normalize=spec.normalize,
-        shuffle_buffer_size=SHUFFLE_BUFFER_SIZE,
+        name, source, config, vocabulary=ConfiguredVocabulary(flan_vocabulary),
+        normalize=spec.normalize,
+        shuffle_buffer_size=SHUFFLE_BUFFER_SIZE, metric_fns=metric_fns(spec),
     )  # fmt: skip
     return name
 
@@ -248,7 +274,7 @@ def register(
 ) -> list[str]:  # fmt: skip
     """Registers all Flan tasks and mixtures (safe to call again); returns the task names."""
     specs = list(specs or all_specs())
-    vocabulary = flan_vocabulary()
+    vocabulary = ConfiguredVocabulary(flan_vocabulary)  # resolved when used: see its doc
     names: list[str] = []
     for spec in specs:
         names += register_spec(spec, seed=seed, mode=mode, per_template=per_template,

@@ -19,16 +19,20 @@ import gin
 import seqio
 
 from t5x_instruct.data.promptsource import TemplateLibrary
+from t5x_instruct.data.vocabularies import ConfiguredVocabulary
 from tasks.p3.registration import (
     MAX_EXAMPLES_PER_DATASET,
     P3_TASKS,
     SCORE_EVAL_SUFFIX,
     P3Task,
     PromptedSource,
+    RenderStats,
     add_mixture,
     huggingface_loader,
+    p3_metric_fns,
     p3_vocabulary,
     register_p3_tasks,
+    render_stats,
     set_example_loader,
     t0_mixing_rate,
     t0_task_name,
@@ -45,7 +49,7 @@ def register(
 ) -> list[P3Task]:
     """Registers every P3 task and the T0 mixtures (safe to call again)."""
     library = TemplateLibrary(templates_root)
-    vocabulary = vocabulary or p3_vocabulary()
+    vocabulary = vocabulary or ConfiguredVocabulary(p3_vocabulary)  # resolved when used
     heldout = {(d.name, d.subset, d.task_suffix) for d in T0_HELDOUT_EVAL}
     registered = []
     for d in all_datasets():
@@ -72,11 +76,14 @@ __all__ = [
     "P3Dataset",
     "P3Task",
     "PromptedSource",
+    "RenderStats",
     "add_mixture",
     "huggingface_loader",
+    "p3_metric_fns",
     "p3_vocabulary",
     "register",
     "register_p3_tasks",
+    "render_stats",
     "set_example_loader",
     "t0_mixing_rate",
     "t0_task_name",

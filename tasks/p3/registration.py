@@ -14,7 +14,9 @@ set of more than 500,000 examples counts as ``500,000 // num_templates`` example
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -22,7 +24,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from t5x_instruct.data.metrics import exact_match, strip_whitespace
+from t5x_instruct.data.metrics import bleu, exact_match, rouge, squad, strip_whitespace
 from t5x_instruct.data.promptsource import PromptTemplate, TemplateError, TemplateLibrary
 from t5x_instruct.data.rank_classification import (
     rank_classification,
@@ -30,8 +32,10 @@ from t5x_instruct.data.rank_classification import (
     rank_classification_postprocessor,
 )
 from t5x_instruct.data.registry import set_task_group
+from t5x_instruct.data.vocabularies import make_vocabulary
 from tasks.p3.t0_datasets import P3Dataset
 
+log = logging.getLogger(__name__)
 MAX_EXAMPLES_PER_DATASET = 500_000
 SCORE_EVAL_SUFFIX = "_score_eval"
 
@@ -64,11 +68,11 @@ def set_example_loader(loader: ExampleLoader | None) -> ExampleLoader:
 
 @gin.configurable
 def p3_vocabulary(path: str | None = None, extra_ids: int = 0) -> seqio.Vocabulary:
-    """The vocabulary of P3 tasks: a SentencePiece model at ``path`` (T0 used T5's), else
-    UTF-8 bytes. SentencePiece files are opened lazily, so registration does not read them."""
-    if path:
-        return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
-    return seqio.ByteVocabulary(extra_ids=extra_ids)
+    """The vocabulary of P3 tasks: a SentencePiece model at ``path`` (a ``.model`` file or a
+    directory holding ``spiece.model``, e.g. a Flan-T5 / T5 checkpoint folder; T0 used T5's),
+    else UTF-8 bytes. The file must exist but is read lazily, so registration stays cheap."""
+    kind = "sentencepiece" if path else "byte"
+    return make_vocabulary(kind, path, extra_ids, binding="p3_vocabulary")
 
 
 def t0_task_name(dataset: str, subset: str | None, template_name: str, suffix: str = "") -> str:
@@ -108,18 +112,112 @@ class P3Task:
 P3_TASKS: dict[str, P3Task] = {}
 
 
+@dataclasses.dataclass
+class RenderStats:
+    """What passes over one P3 task's split rendered, cumulated over passes (epochs).
+
+    ``incomplete``: examples without inputs or targets (e.g. unlabelled test rows), dropped as
+    T0 did. ``skipped``: examples the template could not render (it raised, or the result split
+    into more than ``inputs ||| targets``), dropped and logged; ``reasons`` keeps the first few.
+    """
+
+    read: int = 0
+    rendered: int = 0
+    incomplete: int = 0
+    skipped: int = 0
+    reasons: list[str] = dataclasses.field(default_factory=list)
+
+
+MAX_LOGGED_SKIPS = 5
+# A pass where this many examples failed and none rendered means the template is broken:
+# failing loudly beats an empty task (which would stall a mixture).
+BROKEN_TEMPLATE_MIN_FAILURES = 10
+_stats: dict[tuple[str, str], RenderStats] = {}
+_stats_lock = threading.Lock()
+
+
+def render_stats(task_name: str, split: str) -> RenderStats:
+    """Counts of examples rendered, dropped as incomplete and skipped as unrenderable so far
+    for a registered P3 task (the ``_score_eval`` twin shares its base task's counts)."""
+    base = task_name.removesuffix(SCORE_EVAL_SUFFIX)
+    with _stats_lock:
+        stats = _stats.get((base, split), RenderStats())
+        return dataclasses.replace(stats, reasons=list(stats.reasons))
+
+
 class PromptedSource(seqio.DataSource):
     """One template applied to one data set's examples, rendered in Python on the fly.
 
-    Examples whose rendering lacks inputs or targets (e.g. unlabelled test rows) are dropped,
-    as are those whose template raised ``IndexError`` (an empty choice list), as T0 did; any
-    other template error stops the pipeline with the file and template id in the message.
+    Rendering equals PromptSource's ``Template.apply`` (variables truncated to 2048
+    characters). Examples whose rendering lacks inputs or targets (e.g. unlabelled test rows)
+    are dropped, as T0 did. An example the template cannot render (it raises, or the result
+    has more than two ``|||`` parts, which P3 dropped too) is skipped, counted
+    (:func:`render_stats`) and logged with the task and template, so one bad example never
+    stops a run; a template that fails on every one of at least ten examples of a pass raises.
     """
 
-    def __init__(self, dataset: P3Dataset, template: PromptTemplate) -> None:
+    def __init__(self, dataset: P3Dataset, template: PromptTemplate, name: str = "") -> None:
         super().__init__(splits=dataset.splits)
         self._dataset = dataset
         self._template = template
+        self._name = name or t0_task_name(dataset.name, dataset.subset, template.name)
+
+    def examples(
+        self, split: str, shard_index: int = 0, num_shards: int = 1
+    ) -> Iterable[dict[str, Any]]:
+        """The rendered examples of ``split`` (``inputs``, ``targets``, ``answer_choices``)."""
+        d = self._dataset
+        self._template.validate()  # a syntax error is the template's, not an example's
+        source_split = d.split_mapping.get(split, split)
+        with _stats_lock:
+            stats = _stats.setdefault((self._name, split), RenderStats())
+        rendered = skipped = 0
+        for i, example in enumerate(_loader(d.name, d.subset, source_split)):
+            if i % num_shards != shard_index:
+                continue
+            try:
+                prompt = self._template.render(example)
+            except TemplateError as e:
+                skipped += 1
+                self._skip(stats, split, i, e)
+                continue
+            with _stats_lock:
+                stats.read += 1
+                stats.incomplete += not prompt.is_complete
+                stats.rendered += prompt.is_complete
+            if prompt.is_complete:
+                rendered += 1
+                yield {
+                    "inputs": prompt.inputs,
+                    "targets": prompt.targets,
+                    "answer_choices": list(prompt.answer_choices),
+                }
+        if skipped:
+            log.warning(
+                "P3 task %r (%s, template %r) split %r: skipped %d example(s) that could not "
+                "be rendered in this pass (render_stats has the counts).",
+                self._name, d.key, self._template.name, split, skipped,
+            )  # fmt: skip
+        if not rendered and skipped >= BROKEN_TEMPLATE_MIN_FAILURES:
+            raise TemplateError(
+                f"P3 task {self._name!r} ({d.key} {split}): all {skipped} examples failed to "
+                f"render, so the template is broken; first: {stats.reasons[0]}"
+            )
+
+    def _skip(self, stats: RenderStats, split: str, index: int, error: TemplateError) -> None:
+        reason = f"{self._dataset.key} {split} example {index}: {error}"
+        with _stats_lock:
+            stats.read += 1
+            stats.skipped += 1
+            if len(stats.reasons) < MAX_LOGGED_SKIPS:
+                stats.reasons.append(reason)
+            count = stats.skipped
+        if count <= MAX_LOGGED_SKIPS:
+            log.warning("P3 task %r: skipped an example: %s", self._name, reason)
+
+    @property
+    def template(self) -> PromptTemplate:
+        return self._template
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
@@ -127,28 +225,6 @@ class PromptedSource(seqio.DataSource):
 
     def list_shards(self, split: str) -> list[str]:
         return [split]
-
-    def examples(
-        self, split: str, shard_index: int = 0, num_shards: int = 1
-    ) -> Iterable[dict[str, Any]]:
-        """The rendered examples of ``split`` (``inputs``, ``targets``, ``answer_choices``)."""
-        d = self._dataset
-        source_split = d.split_mapping.get(split, split)
-        for i, example in enumerate(_loader(d.name, d.subset, source_split)):
-            if i % num_shards != shard_index:
-                continue
-            try:
-                rendered = self._template.render(example)
-            except TemplateError as e:
-                if isinstance(e.__cause__, IndexError):
-                    continue
-                raise TemplateError(f"{d.key} {split} example {i}: {e}") from e
-            if rendered.is_complete:
-                yield {
-                    "inputs": rendered.inputs,
-                    "targets": rendered.targets,
-                    "answer_choices": list(rendered.answer_choices),
-                }
 
     def get_dataset(
         self,
@@ -190,6 +266,25 @@ def _tokenize_steps() -> list[Any]:
     ]
 
 
+# PromptSource's metadata metric names -> metric fns for the generated text (exact match is
+# always computed; names without an entry, e.g. "Other", add nothing).
+P3_METRICS: dict[str, Callable[..., dict[str, float]]] = {
+    "BLEU": bleu,
+    "ROUGE": rouge,
+    "Squad": squad,
+}
+
+
+def p3_metric_fns(template: PromptTemplate) -> list[Callable[..., dict[str, float]]]:
+    """Predict-metric fns of a template's task: exact match plus what its metadata names."""
+    fns: list[Callable[..., dict[str, float]]] = [exact_match]
+    for metric in template.metadata.metrics:
+        fn = P3_METRICS.get(metric)
+        if fn is not None and fn not in fns:
+            fns.append(fn)
+    return fns
+
+
 def _add_task(name: str, source: PromptedSource, vocabulary: seqio.Vocabulary, score: bool) -> None:
     seqio.TaskRegistry.remove(name)  # re-registration replaces
     if score:
@@ -208,7 +303,7 @@ def _add_task(name: str, source: PromptedSource, vocabulary: seqio.Vocabulary, s
             output_features=_features(vocabulary),
             preprocessors=_tokenize_steps(),
             postprocess_fn=strip_whitespace,
-            metric_fns=[exact_match],
+            metric_fns=p3_metric_fns(source.template),
         )
 
 
@@ -237,7 +332,7 @@ def register_p3_tasks(
                     f"both map to task name {name!r}."
                 )
             taken[name] = template
-            source = PromptedSource(d, template)
+            source = PromptedSource(d, template, name)
             _add_task(name, source, vocabulary, score=False)
             set_task_group(name, group)
             score_name = None

@@ -24,6 +24,7 @@ from t5x_instruct.data.multilingual import (
     add_language_mixture,
     temperature_rates,
 )
+from t5x_instruct.data.vocabularies import ConfiguredVocabulary, make_vocabulary
 
 # Folder names of the released data: 45 natural languages plus programming code.
 XP3_LANGUAGES: tuple[str, ...] = (
@@ -45,10 +46,10 @@ MIXTURE_RATES: dict[str, TemperatureRate] = {}
 
 @gin.configurable
 def xp3_vocabulary(path: str | None = None, extra_ids: int = 0) -> seqio.Vocabulary:
-    """SentencePiece at ``path`` (mT0 used mT5's), else UTF-8 bytes; opened lazily."""
-    if path:
-        return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
-    return seqio.ByteVocabulary(extra_ids=extra_ids)
+    """SentencePiece at ``path`` (a ``.model`` file or a directory holding ``spiece.model``;
+    mT0 used mT5's), else UTF-8 bytes; the file must exist and is read lazily."""
+    kind = "sentencepiece" if path else "byte"
+    return make_vocabulary(kind, path, extra_ids, binding="xp3_vocabulary")
 
 
 def xp3_task_name(variant: str, language: str) -> str:
@@ -80,7 +81,7 @@ def register(
     roots = dict(roots or DEFAULT_ROOTS)
     if unknown := sorted(set(roots) - set(DEFAULT_ROOTS)):
         raise ValueError(f"Unknown xP3 variants {unknown}; known: {sorted(DEFAULT_ROOTS)}.")
-    vocabulary = vocabulary or xp3_vocabulary()
+    vocabulary = vocabulary or ConfiguredVocabulary(xp3_vocabulary)
     mixtures = {}
     for variant, root in roots.items():
         task_languages = {}
