@@ -7,6 +7,7 @@ Blocks are called as ``block(x, ctx, cache, dropout_rng) -> (x, cache)``.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,20 @@ REMAT_POLICIES: dict[str, Any] = {
 }
 
 BlockFn = Callable[[nnx.Module, jax.Array, Any, Any, jax.Array | None], tuple[jax.Array, Any]]
+
+_BLOCK_DROPOUT_RNG: contextvars.ContextVar[jax.Array | None] = contextvars.ContextVar(
+    "block_dropout_rng", default=None
+)
+
+
+def block_dropout_rng() -> jax.Array | None:
+    """A dropout key for the block now being called, or None when it runs deterministically.
+
+    For layers inside a block that are not handed a key (a plug-in's wrapper of
+    ``DenseGeneral``): set only around each block call of a training forward pass, so it
+    never outlives the trace that made it. Fold in a per-layer constant before use.
+    """
+    return _BLOCK_DROPOUT_RNG.get()
 
 
 def _remat_policy(name: str) -> Any:
@@ -94,7 +109,12 @@ class LayerStack(nnx.Module):
 
         def apply(graphdef: Any, state: Any, x: jax.Array, ctx: Any, cache: Any, idx: Any):
             rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, idx)
-            return call_block(nnx.merge(graphdef, state), x, ctx, cache, rng)
+            training = rng is not None and not getattr(ctx, "deterministic", True)
+            token = _BLOCK_DROPOUT_RNG.set(jax.random.fold_in(rng, 0xB10C) if training else None)
+            try:
+                return call_block(nnx.merge(graphdef, state), x, ctx, cache, rng)
+            finally:
+                _BLOCK_DROPOUT_RNG.reset(token)
 
         if self.scan:
             graphdef, state = nnx.split(self.block)
