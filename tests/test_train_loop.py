@@ -130,24 +130,40 @@ def _losses(model_dir: Path) -> dict[int, float]:
     return {int(r["step"]): r["loss"] for r in read_metrics(str(model_dir))}
 
 
-def test_sigkill_then_restart_reproduces_uninterrupted_losses(tmp_path) -> None:
+# Both shipped plug-ins on one model: a soft prompt in every packed segment plus LoRA
+# adapters, base frozen (the demo packs at most 3 examples per row at these lengths).
+PLUGIN_ARGS = [
+    "--gin_file=gin/plugins/prompt_tuning.gin",
+    "--gin_file=gin/plugins/lora.gin",
+    "--gin.train.plugins=[@PromptTuning(), @LoRA()]",
+    "--gin.PROMPT_LENGTH=4",
+    "--gin.PROMPT_MAX_SEGMENTS_PER_ROW=3",
+]
+
+
+@pytest.mark.parametrize("extra", [[], PLUGIN_ARGS], ids=["plain", "prompt_tuning+lora"])
+def test_sigkill_then_restart_reproduces_uninterrupted_losses(tmp_path, extra) -> None:
+    run_args = [*RUN_ARGS, *extra]
     straight = _run(
-        [*RUN_ARGS, f"--gin.MODEL_DIR={tmp_path / 'straight'}"], "-m", "t5x_instruct.train"
+        [*run_args, f"--gin.MODEL_DIR={tmp_path / 'straight'}"], "-m", "t5x_instruct.train"
     )
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed_dir = tmp_path / "killed"
-    args = [*RUN_ARGS, f"--gin.MODEL_DIR={killed_dir}"]
+    args = [*run_args, f"--gin.MODEL_DIR={killed_dir}"]
     killed = _run(args, "-c", _SELF_SIGNAL, "10", str(int(signal.SIGKILL)))
     assert killed.returncode == -signal.SIGKILL
     steps_on_disk = sorted(int(d) for d in os.listdir(killed_dir / "checkpoints") if d.isdigit())
     assert steps_on_disk and max(steps_on_disk) < 12
-    resumed = _run([*RUN_ARGS, f"--gin.MODEL_DIR={killed_dir}"], "-m", "t5x_instruct.train")
+    resumed = _run([*run_args, f"--gin.MODEL_DIR={killed_dir}"], "-m", "t5x_instruct.train")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resumed from" in resumed.stderr
     expected, got = _losses(tmp_path / "straight"), _losses(killed_dir)
     assert sorted(got) == list(range(1, 13))
     for step in range(1, 13):
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+    if extra:  # the plug-ins' exports were written next to the checkpoints
+        assert (killed_dir / "prompt_tuning" / "prompt_12.npy").exists()
+        assert (killed_dir / "lora" / "adapters_12.safetensors").exists()
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path) -> None:

@@ -29,15 +29,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from t5x_instruct import partitioning  # noqa: E402
-from t5x_instruct.gin_utils import parse_gin  # noqa: E402
-from t5x_instruct.models import build_model, is_encoder_decoder  # noqa: E402
-from t5x_instruct.plugins import PluginSet  # noqa: E402
-from t5x_instruct.training.optimizers import make_optimizer  # noqa: E402
-from t5x_instruct.training.state_init import make_layout  # noqa: E402
-from t5x_instruct.training.step import LossConfig, train_step  # noqa: E402
-from t5x_instruct.training.train_state import ModelSpec, init_train_state  # noqa: E402
-from tools.bench_train import synthetic_batch  # noqa: E402
+from t5x_instruct import partitioning
+from t5x_instruct.gin_utils import parse_gin
+from t5x_instruct.models import build_model, is_encoder_decoder
+from t5x_instruct.plugins import PluginSet
+from t5x_instruct.training.optimizers import make_optimizer
+from t5x_instruct.training.state_init import make_layout
+from t5x_instruct.training.step import LossConfig, train_step
+from t5x_instruct.training.train_state import ModelSpec, init_train_state
+from tools.bench_train import synthetic_batch
 
 
 @gin.configurable
@@ -69,7 +69,9 @@ def main(argv: list[str]) -> dict:
     config = spec.config
     mesh = partitioning.create_mesh()
     rules = plugins.axis_rules(partitioning.standard_logical_axis_rules())
-    optimizer = make_optimizer(name=args.optimizer, learning_rate=1e-3)
+    optimizer = make_optimizer(
+        name=args.optimizer, learning_rate=1e-3, logical_axes=spec.logical_axes()
+    )
     layout = make_layout(spec, optimizer, mesh, rules, plugins, "/tmp/bench_plugins")
     is_trainable = layout.is_trainable
     state = jax.jit(

@@ -76,7 +76,7 @@ def main(argv: list[str]) -> dict:
     encoder_decoder = isinstance(config, T5Config)
     mesh = partitioning.create_mesh()
     rules = partitioning.standard_logical_axis_rules()
-    optimizer = make_optimizer(learning_rate=1e-3)
+    optimizer = make_optimizer(learning_rate=1e-3, logical_axes=spec.logical_axes())
     shardings = train_state_shardings(spec, optimizer, mesh, rules)
     state = jax.jit(lambda p: init_train_state(p, optimizer), out_shardings=shardings)(
         spec.init_params(mesh, rules)

@@ -12,13 +12,21 @@ from flax import nnx
 
 from t5x_instruct.kernels import AttentionMask, RelativeBias, dot_product_attention
 from t5x_instruct.layers.linear import DenseGeneral
-from t5x_instruct.layers.params import Initializer, constrain, fan_in_init
+from t5x_instruct.layers.params import Initializer, constrain, fan_in_init, scaled_init
 from t5x_instruct.layers.position import apply_rope
 
 KVCache = dict[str, jax.Array]  # {'k': [b, max_len, kv_h, d], 'v': [b, max_len, kv_h, d]}
 
 
 class Attention(nnx.Module):
+    """Projections ``query/key/value [embed, heads, kv]`` and ``out [heads, kv, embed]``.
+
+    Kernels draw from ``kernel_init`` if given, else from ``kernel_distribution`` with
+    variance 1 / fan_in. ``query_init_scale`` multiplies the query's initial values (T5 folds
+    its 1/sqrt(head_dim) logit scale there and attends with ``scale=1``); ``query_init``
+    replaces the query initialiser outright.
+    """
+
     def __init__(
         self,
         features: int,
@@ -32,6 +40,9 @@ class Attention(nnx.Module):
         dropout_rate: float = 0.0,
         attention_impl: str = "xla",
         query_init: Initializer | None = None,
+        kernel_init: Initializer | None = None,
+        kernel_distribution: str = "normal",
+        query_init_scale: float = 1.0,
         dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ) -> None:
@@ -45,6 +56,11 @@ class Attention(nnx.Module):
         self.dropout_rate = dropout_rate
         self.attention_impl = attention_impl
         self.dtype = dtype
+        in_init = kernel_init or fan_in_init(1.0, (0,), kernel_distribution)
+        if query_init is None:
+            query_init = (
+                in_init if query_init_scale == 1.0 else scaled_init(in_init, query_init_scale)
+            )
         self.query = DenseGeneral(
             (features,),
             (num_heads, head_dim),
@@ -58,6 +74,7 @@ class Attention(nnx.Module):
             (num_kv_heads, head_dim),
             logical_axes=("embed", "kv_heads", "kv"),
             dtype=dtype,
+            kernel_init=in_init,
             rngs=rngs,
         )
         self.value = DenseGeneral(
@@ -65,6 +82,7 @@ class Attention(nnx.Module):
             (num_kv_heads, head_dim),
             logical_axes=("embed", "kv_heads", "kv"),
             dtype=dtype,
+            kernel_init=in_init,
             rngs=rngs,
         )
         self.out = DenseGeneral(
@@ -72,7 +90,7 @@ class Attention(nnx.Module):
             (features,),
             logical_axes=("heads", "kv", "embed"),
             dtype=dtype,
-            kernel_init=fan_in_init(1.0, (0, 1)),
+            kernel_init=kernel_init or fan_in_init(1.0, (0, 1), kernel_distribution),
             rngs=rngs,
         )
 

@@ -10,6 +10,8 @@ from t5x_instruct.layers.params import Initializer, logical_param, normal_init
 
 
 class Embed(nnx.Module):
+    """``[vocab, embed]`` table; N(0, 1) unless ``embedding_init`` says otherwise (T5X's T5)."""
+
     def __init__(
         self,
         vocab_size: int,

@@ -15,7 +15,9 @@ class DenseGeneral(nnx.Module):
     """``y = x @ W`` contracting the trailing ``len(in_features)`` dims of ``x``.
 
     The kernel has shape ``in_features + out_features`` and one logical name per dim.
-    Parameters stay fp32; the matmul runs in ``dtype`` (bf16 on accelerators).
+    Parameters stay fp32; the matmul runs in ``dtype`` (bf16 on accelerators). Without a
+    ``kernel_init`` the kernel draws from ``kernel_distribution`` with variance 1 / fan_in
+    (fan_in: the product of the input dims, as for T5X's flattened 2-D kernels).
     """
 
     def __init__(
@@ -26,13 +28,14 @@ class DenseGeneral(nnx.Module):
         logical_axes: Sequence[str | None],
         dtype: jnp.dtype = jnp.float32,
         kernel_init: Initializer | None = None,
+        kernel_distribution: str = "normal",
         rngs: nnx.Rngs,
     ) -> None:
         self.in_features = tuple(in_features)
         self.out_features = tuple(out_features)
         self.dtype = dtype
         n_in = len(self.in_features)
-        init = kernel_init or fan_in_init(1.0, tuple(range(n_in)))
+        init = kernel_init or fan_in_init(1.0, tuple(range(n_in)), kernel_distribution)
         self.kernel = logical_param(rngs, init, self.in_features + self.out_features, logical_axes)
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from t5x_instruct.layers.linear import DenseGeneral
-from t5x_instruct.layers.params import constrain, dropout
+from t5x_instruct.layers.params import Initializer, constrain, dropout
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=True),
@@ -31,21 +31,20 @@ class GatedMLP(nnx.Module):
         activation: str = "gelu",
         dropout_rate: float = 0.0,
         dtype: jnp.dtype = jnp.float32,
+        kernel_init: Initializer | None = None,
+        kernel_distribution: str = "normal",
         rngs: nnx.Rngs,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r}: expected one of {sorted(ACTIVATIONS)}")
         self.activation = activation
         self.dropout_rate = dropout_rate
-        self.wi_0 = DenseGeneral(
-            (features,), (hidden,), logical_axes=("embed", "mlp"), dtype=dtype, rngs=rngs
+        dense = dict(
+            dtype=dtype, kernel_init=kernel_init, kernel_distribution=kernel_distribution, rngs=rngs
         )
-        self.wi_1 = DenseGeneral(
-            (features,), (hidden,), logical_axes=("embed", "mlp"), dtype=dtype, rngs=rngs
-        )
-        self.wo = DenseGeneral(
-            (hidden,), (features,), logical_axes=("mlp", "embed"), dtype=dtype, rngs=rngs
-        )
+        self.wi_0 = DenseGeneral((features,), (hidden,), logical_axes=("embed", "mlp"), **dense)
+        self.wi_1 = DenseGeneral((features,), (hidden,), logical_axes=("embed", "mlp"), **dense)
+        self.wo = DenseGeneral((hidden,), (features,), logical_axes=("mlp", "embed"), **dense)
 
     def __call__(
         self, x: jax.Array, *, deterministic: bool = True, dropout_rng: jax.Array | None = None

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from t5x_instruct.kernels import RelativeBias
-from t5x_instruct.layers.params import logical_param, normal_init
+from t5x_instruct.layers.params import logical_param, variance_scaling_init
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, *, theta: float = 10000.0) -> jax.Array:
@@ -29,7 +29,9 @@ def apply_rope(x: jax.Array, positions: jax.Array, *, theta: float = 10000.0) ->
 class RelativePositionBias(nnx.Module):
     """Per-head learned bias for each bucket of ``key_pos - query_pos`` (T5).
 
-    The module only owns the ``[heads, buckets]`` table; kernels look it up per block.
+    The module only owns the ``[heads, buckets]`` table; kernels look it up per block. It is
+    initialised as T5X's: variance ``1 / fan_avg`` with fan_in = heads, fan_out = buckets,
+    drawn from ``distribution`` (T5X: uniform).
     """
 
     def __init__(
@@ -39,12 +41,16 @@ class RelativePositionBias(nnx.Module):
         num_buckets: int = 32,
         max_distance: int = 128,
         bidirectional: bool = True,
+        distribution: str = "uniform",
         rngs: nnx.Rngs,
     ) -> None:
         self.max_distance = max_distance
         self.bidirectional = bidirectional
         self.rel_embedding = logical_param(
-            rngs, normal_init(1.0), (num_heads, num_buckets), ("heads", "relpos_buckets")
+            rngs,
+            variance_scaling_init(1.0, "fan_avg", distribution),
+            (num_heads, num_buckets),
+            ("heads", "relpos_buckets"),
         )
 
     def __call__(self) -> RelativeBias:

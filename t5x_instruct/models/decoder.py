@@ -27,7 +27,13 @@ from t5x_instruct.layers import (
     dtype_from_name,
     init_kv_cache,
 )
-from t5x_instruct.layers.params import constrain, normal_init, split_rng
+from t5x_instruct.layers.params import (
+    check_distribution,
+    constrain,
+    normal_init,
+    split_rng,
+    stddev_init,
+)
 from t5x_instruct.layers.sequence import (
     EmbeddedSequence,
     HookedModel,
@@ -58,8 +64,15 @@ class DecoderConfig:
     scan_layers: bool = False
     remat_policy: str = "none"
     attention_impl: str = "xla"
+    # Initialisers: embeddings N(0, 0.02**2) (Llama's initializer_range); kernels from
+    # kernel_init ('normal', 'truncated_normal' or 'uniform') with variance 1/fan_in, or with
+    # a fixed kernel_init_stddev (0.02: Hugging Face Llama's recipe for every kernel).
+    kernel_init: str = "normal"
+    kernel_init_stddev: float | None = None
+    embedding_init_stddev: float = 0.02
 
     def __post_init__(self) -> None:
+        check_distribution(self.kernel_init, "DecoderConfig.kernel_init")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"DecoderConfig.num_heads={self.num_heads} must be a multiple of "
@@ -75,6 +88,15 @@ class _Ctx:
     rope_positions: jax.Array
     decode_index: jax.Array | None
     deterministic: bool = struct.field(pytree_node=False)
+
+
+def _kernel_init(cfg: DecoderConfig) -> dict[str, Any]:
+    """DenseGeneral / Attention / GatedMLP initialiser arguments for ``cfg``."""
+    fixed = cfg.kernel_init_stddev
+    return dict(
+        kernel_init=None if fixed is None else stddev_init(fixed, cfg.kernel_init),
+        kernel_distribution=cfg.kernel_init,
+    )
 
 
 class DecoderBlock(nnx.Module):
@@ -94,6 +116,7 @@ class DecoderBlock(nnx.Module):
             attention_impl=cfg.attention_impl,
             dtype=dtype,
             rngs=rngs,
+            **_kernel_init(cfg),
         )
         self.pre_mlp_norm = RMSNorm(cfg.emb_dim, epsilon=cfg.norm_epsilon, dtype=dtype, rngs=rngs)
         self.mlp = GatedMLP(
@@ -103,6 +126,7 @@ class DecoderBlock(nnx.Module):
             dropout_rate=cfg.dropout_rate,
             dtype=dtype,
             rngs=rngs,
+            **_kernel_init(cfg),
         )
 
     def __call__(self, x: jax.Array, ctx: _Ctx, cache: Any, rng: jax.Array | None):
@@ -139,7 +163,7 @@ class Decoder(nnx.Module, HookedModel):
             cfg.vocab_size,
             cfg.emb_dim,
             dtype=self.dtype,
-            embedding_init=normal_init(0.02),
+            embedding_init=normal_init(cfg.embedding_init_stddev),
             rngs=rngs,
         )
         self.layers = LayerStack(
@@ -159,6 +183,7 @@ class Decoder(nnx.Module, HookedModel):
                 logical_axes=("embed", "vocab"),
                 dtype=self.dtype,
                 rngs=rngs,
+                **_kernel_init(cfg),
             )
 
     def __call__(

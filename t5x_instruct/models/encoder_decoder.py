@@ -27,7 +27,12 @@ from t5x_instruct.layers import (
     dtype_from_name,
     init_kv_cache,
 )
-from t5x_instruct.layers.params import constrain, fan_in_init, split_rng
+from t5x_instruct.layers.params import (
+    check_distribution,
+    constrain,
+    normal_init,
+    split_rng,
+)
 from t5x_instruct.layers.sequence import HookedModel, start_sequence
 from t5x_instruct.models.registry import register_model_family
 
@@ -54,8 +59,18 @@ class T5Config:
     scan_layers: bool = False
     remat_policy: str = "none"
     attention_impl: str = "xla"
+    # Initialisers, as T5X's T5 v1.1 (t5x/examples/t5): MLP and output-projection kernels
+    # truncated normal, attention kernels normal (both variance 1/fan_in; the query also
+    # times head_dim**-0.5), embeddings N(0, embedding_init_stddev**2), relative-bias tables
+    # variance 1/fan_avg. Each distribution: 'normal', 'truncated_normal' or 'uniform'.
+    kernel_init: str = "truncated_normal"
+    attention_kernel_init: str = "normal"
+    embedding_init_stddev: float = 1.0
+    relative_attention_init: str = "uniform"
 
     def __post_init__(self) -> None:
+        for name in ("kernel_init", "attention_kernel_init", "relative_attention_init"):
+            check_distribution(getattr(self, name), f"T5Config.{name}")
         if self.emb_dim <= 0 or self.num_heads <= 0 or self.head_dim <= 0:
             raise ValueError(f"T5Config has non-positive sizes: {self}")
         if not 0.0 <= self.dropout_rate < 1.0:
@@ -166,6 +181,7 @@ def _t5_mlp(cfg: T5Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> GatedMLP:
         activation=cfg.mlp_activation,
         dropout_rate=cfg.dropout_rate,
         dtype=dtype,
+        kernel_distribution=cfg.kernel_init,
         rngs=rngs,
     )
 
@@ -179,7 +195,8 @@ def _t5_attention(cfg: T5Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> Attention:
         scale=1.0,
         dropout_rate=cfg.dropout_rate,
         attention_impl=cfg.attention_impl,
-        query_init=fan_in_init(1.0 / cfg.head_dim),
+        kernel_distribution=cfg.attention_kernel_init,
+        query_init_scale=cfg.head_dim**-0.5,
         dtype=dtype,
         rngs=rngs,
     )
@@ -198,10 +215,17 @@ class EncoderDecoder(nnx.Module, HookedModel):
         self._init_sequence_hooks()
         dtype = dtype_from_name(cfg.dtype)
         self.dtype = dtype
-        self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=dtype, rngs=rngs)
+        self.token_embedder = Embed(
+            cfg.vocab_size,
+            cfg.emb_dim,
+            dtype=dtype,
+            embedding_init=normal_init(cfg.embedding_init_stddev),
+            rngs=rngs,
+        )
         rel = dict(
             num_buckets=cfg.relative_attention_num_buckets,
             max_distance=cfg.relative_attention_max_distance,
+            distribution=cfg.relative_attention_init,
         )
         self.encoder_relpos_bias = RelativePositionBias(
             cfg.num_heads, bidirectional=True, rngs=rngs, **rel
@@ -228,6 +252,7 @@ class EncoderDecoder(nnx.Module, HookedModel):
                 (cfg.vocab_size,),
                 logical_axes=("embed", "vocab"),
                 dtype=dtype,
+                kernel_distribution=cfg.kernel_init,
                 rngs=rngs,
             )
 

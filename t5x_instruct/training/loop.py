@@ -135,7 +135,9 @@ def train(
         list(logical_axis_rules or partitioning.standard_logical_axis_rules())
     )
     schedule = learning_rate_schedule()
-    optimizer = optimizer or make_optimizer(learning_rate=schedule)
+    optimizer = optimizer or make_optimizer(
+        learning_rate=schedule, logical_axes=spec.logical_axes()
+    )
     loss_config = loss_config or LossConfig()
     layout = make_layout(spec, optimizer, mesh, rules, plugin_set, model_dir)
     log.info(

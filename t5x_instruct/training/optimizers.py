@@ -1,15 +1,21 @@
 """Optimizers and learning-rate schedules, configured in gin.
 
-Adafactor with T5's settings is the default for encoder-decoder fine-tuning; AdamW for
-decoder-only models. Schedules: constant, inverse square root (T5), cosine; all with
+T5X's Adafactor (factored by logical axes, parameter-scaled steps) is the default; AdamW is
+the alternative. Schedules: constant, inverse square root (T5), cosine; all with
 linear warm-up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import gin
 import jax.numpy as jnp
 import optax
+
+from t5x_instruct.errors import UserInputError
+from t5x_instruct.training.adafactor import adafactor
 
 
 @gin.configurable
@@ -45,7 +51,7 @@ def learning_rate_schedule(
     return optax.join_schedules([warmup, main], [warmup_steps])
 
 
-@gin.configurable
+@gin.configurable(denylist=["logical_axes"])
 def make_optimizer(
     name: str = "adafactor",
     learning_rate: optax.Schedule | float | None = None,
@@ -54,21 +60,23 @@ def make_optimizer(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    logical_axes: Mapping[str, Any] | None = None,
 ) -> optax.GradientTransformation:
-    """``adafactor`` (factored second moments, no momentum: T5) or ``adamw``."""
+    """``adafactor`` (T5X's: :mod:`t5x_instruct.training.adafactor`) or ``adamw``.
+
+    Adafactor's own settings are gin bindings of ``adafactor.*`` (``multiply_by_parameter_scale``,
+    ``beta1``, ``decay_rate``, ``clipping_threshold``, ...); ``weight_decay`` here, when non-zero,
+    is its ``weight_decay_rate``. ``b1``, ``b2`` and ``eps`` are AdamW's. ``logical_axes``
+    (``ModelSpec.logical_axes()``, passed by the trainer) choose Adafactor's factored dims.
+    """
     lr = learning_rate if learning_rate is not None else learning_rate_schedule()
     if name == "adafactor":
-        opt = optax.adafactor(
-            learning_rate=lr,
-            multiply_by_parameter_scale=False,
-            clipping_threshold=1.0,
-            decay_rate=0.8,
-            weight_decay_rate=weight_decay or None,
-        )
+        extra = {"weight_decay_rate": weight_decay} if weight_decay else {}
+        opt = adafactor(lr, logical_axes=logical_axes, **extra)
     elif name == "adamw":
         opt = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     else:
-        raise ValueError(f"make_optimizer.name={name!r}: expected 'adafactor' or 'adamw'")
+        raise UserInputError(f"make_optimizer.name={name!r}: expected 'adafactor' or 'adamw'.")
     if grad_clip_norm:
         opt = optax.chain(optax.clip_by_global_norm(grad_clip_norm), opt)
     return opt
