@@ -7,7 +7,7 @@ RUN_GIN ?= gin/runs/quickstart.gin
 PYTEST_ARGS ?=
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test lint quickstart bench clean
+.PHONY: setup test lint quickstart adapt-demo distill-demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,18 @@ quickstart: setup
 	JAX_PLATFORMS=cpu $(PY) -m t5x_instruct.train \
 		--gin_file=$(RUN_GIN) \
 		--gin.MODEL_DIR="'$(MODEL_DIR)'"
+
+# Prompt tuning vs LoRA vs full fine-tuning from the quickstart model on its held-out task
+# (docs/plugins.md); trains the quickstart model first if MODEL_DIR has none.
+adapt-demo: setup
+	JAX_PLATFORMS=cpu $(PY) tools/adapt_heldout.py --base_dir=$(MODEL_DIR) \
+		--out_dir=$(MODEL_DIR)_adapt
+
+# Distil the quickstart model into a half-width T5: CE vs each KD loss vs on-policy
+# (docs/distillation.md); trains the quickstart model first if MODEL_DIR has none.
+distill-demo: setup
+	JAX_PLATFORMS=cpu $(PY) tools/distill_demo.py --teacher_dir=$(MODEL_DIR) \
+		--out_dir=$(MODEL_DIR)_distill
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

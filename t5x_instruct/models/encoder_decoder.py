@@ -247,11 +247,12 @@ class EncoderDecoder(nnx.Module, HookedModel):
             cfg.emb_dim, epsilon=cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs
         )
         if not cfg.logits_via_embedding:
+            # float32 output projection even in bf16 runs, as T5X does (logit stability).
             self.logits_dense = DenseGeneral(
                 (cfg.emb_dim,),
                 (cfg.vocab_size,),
                 logical_axes=("embed", "vocab"),
-                dtype=dtype,
+                dtype=jnp.float32,
                 kernel_distribution=cfg.kernel_init,
                 rngs=rngs,
             )
@@ -380,8 +381,10 @@ class EncoderDecoder(nnx.Module, HookedModel):
         x = self.decoder_norm(x)
         x = dropout(x, self.cfg.dropout_rate, rng, deterministic=deterministic)
         if self.cfg.logits_via_embedding:
-            # Tied output: rescale as T5 does so logits keep unit scale.
-            logits = self.token_embedder.attend(x) / jnp.sqrt(self.cfg.emb_dim).astype(x.dtype)
+            # Tied output in float32 (T5X's attend_dtype), rescaled so logits keep unit scale.
+            table = self.token_embedder.embedding.get_value().astype(jnp.float32)
+            logits = jnp.einsum("...d,vd->...v", x.astype(jnp.float32), table)
+            logits = logits / jnp.sqrt(self.cfg.emb_dim).astype(jnp.float32)
         else:
             logits = self.logits_dense(x)
         return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
