@@ -29,7 +29,7 @@ from t5x_instruct.models import build_model, model_family
 from t5x_instruct.plugins.base import Action, CheckpointContext, EvalContext, Plugin
 from t5x_instruct.plugins.plugin_set import PluginSet
 from t5x_instruct.training import checkpoints as ckpt_lib
-from t5x_instruct.training.evaluation import GreedyEvaluator
+from t5x_instruct.training.evaluation import GreedyEvaluator, load_eval_sources
 from t5x_instruct.training.metrics import MetricsWriter
 from t5x_instruct.training.optimizers import learning_rate_schedule, make_optimizer
 from t5x_instruct.training.reporting import print_eval_table, summarise
@@ -130,6 +130,11 @@ def train(
             f"train.decoder_objective={decoder_objective!r}: expected 'prefix_lm' or 'lm'"
         )
     model_type = "encoder_decoder" if encoder_decoder else objectives[decoder_objective]
+    eval_name = eval_mixture_or_task_name or mixture_or_task_name
+    # One clear error now, instead of NaN embeddings from ids past the table later.
+    data.check_vocabulary_fits(mixture_or_task_name, config.vocab_size)
+    if (eval_period or final_eval) and eval_name != mixture_or_task_name:
+        data.check_vocabulary_fits(eval_name, config.vocab_size)
     mesh = partitioning.create_mesh(mesh_config or partitioning.MeshConfig())
     rules = plugin_set.axis_rules(
         list(logical_axis_rules or partitioning.standard_logical_axis_rules())
@@ -195,7 +200,6 @@ def train(
     jit_step = None
     rng = jax.random.PRNGKey(seed)
     writer = MetricsWriter(model_dir, resume_step=start_step)
-    eval_name = eval_mixture_or_task_name or mixture_or_task_name
     evaluator = GreedyEvaluator(
         spec,
         encoder_decoder=encoder_decoder,
@@ -203,11 +207,12 @@ def train(
         batch_size=eval_batch_size,
         input_length=task_feature_lengths["inputs"],
         max_decode_length=max_decode_length or task_feature_lengths["targets"],
+        target_length=task_feature_lengths["targets"],
     )
     eval_sources: list[Any] = []
     val_batches: list[dict[str, np.ndarray]] = []
     if eval_period:
-        eval_sources = data.get_eval_examples(
+        eval_sources = load_eval_sources(
             eval_name, validation_split, max_examples=max_eval_examples
         )
         val_batches = _validation_batches(
@@ -257,6 +262,8 @@ def train(
             step += 1
             bar.update(1)
             if first_step_time is None:
+                # Every configurable of the run has now been called: gin knows the config.
+                _write_operative_config(model_dir)
                 jax.block_until_ready(metrics)
                 first_step_time = time.perf_counter() - compile_start
                 last_log_time = time.perf_counter()
@@ -300,6 +307,8 @@ def train(
             save(force=True)
     bar.close()
     checkpointer.close()
+    if first_step_time is None:  # resumed at or past train_steps: no step ran
+        _write_operative_config(model_dir)
 
     summary: dict[str, Any] = {
         "step": step,
@@ -310,9 +319,7 @@ def train(
     if stop is not None:
         summary["stopped_early"] = {"step": stop[0], "by": stop[1]}
     if final_eval and (step >= train_steps or stop is not None):
-        sources = data.get_eval_examples(
-            eval_name, final_eval_split, max_examples=max_eval_examples
-        )
+        sources = load_eval_sources(eval_name, final_eval_split, max_examples=max_eval_examples)
         results = evaluator.evaluate(state.params, sources)
         summary["eval_split"] = final_eval_split
         summary["eval"] = summarise(results)
@@ -329,17 +336,35 @@ def train(
 
 
 def _eval_line(evals: Mapping[str, float], sources: Sequence[Any]) -> str:
-    """One console line: validation loss and mean exact match per eval group."""
+    """One console line: validation loss and, per eval group, the mean of each metric."""
     parts = []
     if "validation/loss" in evals:
         parts.append(f"validation loss {evals['validation/loss']:.3f}")
-    groups: dict[str, list[float]] = {}
+    groups: dict[str, dict[str, list[float]]] = {}
     for source in sources:
-        value = evals.get(f"eval/{source.task_name}/exact_match")
-        if value is not None:
-            groups.setdefault(source.group, []).append(value)
-    parts += [f"{g} exact match {np.mean(v):.3f}" for g, v in sorted(groups.items())]
+        prefix = f"eval/{source.task_name}/"
+        for key, value in evals.items():
+            if key.startswith(prefix):
+                metric = key[len(prefix) :]
+                groups.setdefault(source.group, {}).setdefault(metric, []).append(value)
+    for group, metrics in sorted(groups.items()):
+        for metric, values in metrics.items():
+            parts.append(f"{group} {metric.replace('_', ' ')} {np.mean(values):.3f}")
     return ", ".join(parts)
+
+
+def _write_operative_config(model_dir: str) -> None:
+    """MODEL_DIR/config.gin: every binding the run used, defaults included (as T5X writes it).
+
+    Written once the first step ran, when gin has seen every configurable called; it parses
+    back as a gin file (e.g. for ``python -m t5x_instruct.eval``). Process 0 only.
+    """
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(model_dir, "config.gin")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(gin.operative_config_str())
+    os.replace(path + ".tmp", path)
 
 
 def _check_batch_divisible(mesh: Any, rules: partitioning.AxisRules, **sizes: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from t5x_instruct import partitioning
 from t5x_instruct.plugins.base import AuxState, SetupContext
 from t5x_instruct.plugins.plugin_set import PluginSet
 from t5x_instruct.training import checkpoints as ckpt_lib
+from t5x_instruct.training import param_checkpoints
 from t5x_instruct.training.train_state import (
     IsTrainable,
     ModelSpec,
@@ -106,6 +108,14 @@ def make_layout(
     return StateLayout(spec, optimizer, mesh, rules, plugins, aux)
 
 
+def _resumable_step(checkpointer: ckpt_lib.Checkpointer) -> int | None:
+    """The latest step of MODEL_DIR that holds a whole train state (optimizer included)."""
+    for step in sorted(checkpointer.manager.all_steps(), reverse=True):
+        if not param_checkpoints.is_params_only(checkpointer.directory, step):
+            return step
+    return None
+
+
 def restore_or_initialise(
     layout: StateLayout,
     checkpointer: ckpt_lib.Checkpointer,
@@ -113,8 +123,21 @@ def restore_or_initialise(
     assignment_map: Sequence[tuple[str, str | None]],
     fallback_to_scratch: bool,
 ) -> tuple[TrainState, dict[str, Any]]:
-    """Resume from MODEL_DIR if it has a checkpoint, else initialise (optionally warm-start)."""
-    latest = checkpointer.latest_step()
+    """Resume from MODEL_DIR if it has a checkpoint, else initialise (optionally warm-start).
+
+    A MODEL_DIR holding only parameters-only checkpoints (a conversion, ``save_params``) has
+    no optimizer state to resume: its latest one is the warm start instead.
+    """
+    latest = _resumable_step(checkpointer)
+    params_only = checkpointer.latest_step()
+    if latest is None and params_only is not None:
+        if initial_checkpoint_path:
+            log.warning(
+                "MODEL_DIR holds a parameters-only checkpoint; warm-starting from it, not from "
+                "INITIAL_CHECKPOINT_PATH=%s", initial_checkpoint_path,
+            )  # fmt: skip
+        initial_checkpoint_path = os.path.join(checkpointer.directory, str(params_only))
+        log.info("Warm start from the parameters-only checkpoint %s", initial_checkpoint_path)
     if latest is not None:
         missing = checkpointer.missing_params(latest, layout.spec.abstract_params())
         layout.plugins.check_params_present(
@@ -134,9 +157,8 @@ def restore_or_initialise(
             fallback_to_scratch=fallback_to_scratch,
         )
         if layout.plugins:  # plug-in parameters derived from base weights see the loaded ones
-            params = jax.jit(
-                layout.plugins.init_from_base, out_shardings=layout.shardings.params
-            )(params)
+            param_shardings = layout.shardings.params
+            params = jax.jit(layout.plugins.init_from_base, out_shardings=param_shardings)(params)
     aux = layout.rebuilt_aux(only_uncheckpointed=False)
     shardings = layout.shardings
     init = jax.jit(
