@@ -60,7 +60,10 @@ def _readme_plugin_namespace() -> dict:
 
 def test_core_never_names_a_concrete_plugin() -> None:
     core = ["kernels", "layers", "models", "training", "decoding", "partitioning.py"]
-    names = re.compile(r"prompt_tuning|PromptTuning|\blora\b|LoRA|distill|Distill", re.I)
+    names = re.compile(
+        r"prompt_tuning|PromptTuning|\blora\b|LoRA|distill|Distill|\bifs\b|InstructionFollowing",
+        re.I,
+    )
     offenders = []
     for part in core:
         root = REPO / "t5x_instruct" / part

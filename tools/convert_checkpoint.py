@@ -70,6 +70,8 @@ def model_gin(cfg: Any) -> str:
 
 
 def _spec_from_gin(files: list[str], bindings: list[str], search_paths: list[str]) -> Any:
+    # Run files and a run's MODEL_DIR/config.gin also bind the trainer's configurables.
+    import t5x_instruct.training.loop  # noqa: F401
     from t5x_instruct.cli.gin_flags import normalise_binding
     from t5x_instruct.gin_utils import parse_gin
     from t5x_instruct.models import build_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
@@ -30,12 +30,14 @@ _BARE_WORD = re.compile(r"^[\w./:~+-]+$")
 _BINDING = re.compile(r"^\s*([A-Za-z_][\w./]*)\s*=\s*(.+)$", re.DOTALL)
 
 
-def parse_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+def parse_args(
+    argv: Sequence[str],
+    *,
+    prog: str = "python -m t5x_instruct.train",
+    description: str = "Train a model from gin files; any --gin.KEY=VALUE overrides a binding.",
+) -> tuple[list[str], list[str], list[str]]:
     """Split argv into gin files, bindings and search paths; reject anything else."""
-    parser = argparse.ArgumentParser(
-        prog="python -m t5x_instruct.train",
-        description="Train a model from gin files; any --gin.KEY=VALUE overrides a binding.",
-    )
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
     parser.add_argument(
         "--gin_search_paths", action="append", default=[], help="extra folders for gin includes"
@@ -74,17 +76,25 @@ def _is_gin_value(value: str) -> bool:
         return False
 
 
-def configure(argv: Sequence[str]) -> None:
-    files, bindings, search_paths = parse_args(argv)
+def configure(
+    argv: Sequence[str],
+    *,
+    defaults: Sequence[str] = (),
+    prog: str = "python -m t5x_instruct.train",
+    description: str = "Train a model from gin files; any --gin.KEY=VALUE overrides a binding.",
+) -> None:
+    """Parse the command line's gin files and bindings, after the command's own ``defaults``
+    gin files (which the user's files then override)."""
+    files, bindings, search_paths = parse_args(argv, prog=prog, description=description)
     if not files:
         raise GinConfigError("No --gin_file given; e.g. --gin_file=gin/runs/quickstart.gin")
-    parse_gin(files, bindings, search_paths, clear=True)
+    parse_gin([*defaults, *files], bindings, search_paths, clear=True)
 
 
-def check_required_macros() -> None:
+def check_required_macros(macros: Sequence[str] = tuple(MACROS)) -> None:
     """A macro still bound to ``%gin.REQUIRED`` names itself (gin would pass a placeholder)."""
     missing = []
-    for macro in MACROS:
+    for macro in macros:
         try:
             value = gin.query_parameter(f"{macro}/macro.value")
         except ValueError:
@@ -99,9 +109,14 @@ def check_required_macros() -> None:
         )
 
 
-def call_with_required_macros(fn: Callable[..., Any]) -> Any:
-    """Call a gin configurable; turn a missing REQUIRED argument into the macro to set."""
-    check_required_macros()
+def call_with_required_macros(
+    fn: Callable[..., Any], macros: Mapping[str, str | None] = MACROS
+) -> Any:
+    """Call a gin configurable; turn a missing REQUIRED argument into the macro to set.
+
+    ``macros`` maps each macro the command needs to the argument of ``fn`` it feeds.
+    """
+    check_required_macros(tuple(macros))
     try:
         return fn()
     except (RuntimeError, ValueError, TypeError) as exc:
@@ -111,7 +126,7 @@ def call_with_required_macros(fn: Callable[..., Any]) -> Any:
         missing = re.findall(r"'(\w+)'", message.split("not provided")[-1]) or []
         hints = []
         for arg in missing or [message]:
-            macro = next((m for m, a in MACROS.items() if a == arg), None)
+            macro = next((m for m, a in macros.items() if a == arg), None)
             hints.append(
                 f"--gin.{macro}=..."
                 if macro
