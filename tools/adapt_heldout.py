@@ -80,12 +80,14 @@ def main(argv: list[str]) -> list[dict]:
     base = Path(args.base_dir)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if not (base / "summary.json").exists():
+    if not (base / "summary.json").exists() and not (base / "checkpoints").is_dir():
         print(f"No quickstart run at {base}: training it first.", flush=True)
         base.mkdir(parents=True, exist_ok=True)
         _train(["gin/runs/quickstart.gin"], [f"MODEL_DIR = '{base}'"], base / "train.log")
-    rows = [_row("none (quickstart model)", json.loads((base / "summary.json").read_text()),
-                 heldout_task, None)]  # fmt: skip
+    rows = []
+    if (base / "summary.json").exists():  # a finished quickstart run reports its own scores
+        base_summary = json.loads((base / "summary.json").read_text())
+        rows.append(_row("none (quickstart model)", base_summary, heldout_task, None))
     for name in args.methods.split(","):
         method = METHODS[name]
         run_dir = out / name

@@ -33,6 +33,7 @@ from t5x_instruct import partitioning
 from t5x_instruct.gin_utils import parse_gin
 from t5x_instruct.models import build_model, is_encoder_decoder
 from t5x_instruct.plugins import PluginSet
+from t5x_instruct.training import loop  # noqa: F401  (registers `train`: plug-in gin files bind train.plugins)
 from t5x_instruct.training.optimizers import make_optimizer
 from t5x_instruct.training.state_init import make_layout
 from t5x_instruct.training.step import LossConfig, train_step
