@@ -579,3 +579,18 @@ def test_gin_file_binds_the_plugin() -> None:
     assert isinstance(plugin, LoRA) and plugin.name == "lora" and plugin.freeze_base
     assert (plugin.rank, plugin.alpha, plugin.dropout, plugin.init_from) == (4, 16.0, 0.05, None)
     assert plugin.targets == DEFAULT_TARGETS
+
+
+def test_exporting_a_step_again_replaces_the_file(tmp_path) -> None:
+    """A run killed between a step's export and its checkpoint commit exports that step again."""
+    from t5x_instruct.plugins.lora.adapters import save_adapters
+
+    path = tmp_path / "lora" / "adapters_8.safetensors"
+    first = {"encoder": {"lora_a": np.zeros((2, 3), np.float32)}}
+    second = {"encoder": {"lora_a": np.arange(6, dtype=np.float32).reshape(2, 3)}}
+    save_adapters(path, first, {"rank": 1})
+    save_adapters(path, second, {"rank": 2})
+    arrays, metadata = read_adapters(path, "test")
+    np.testing.assert_array_equal(arrays["encoder/lora_a"], second["encoder"]["lora_a"])
+    assert metadata == {"rank": 2}
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp file left

@@ -419,3 +419,15 @@ def test_prompt_shards_like_the_embedding_width() -> None:
         prompt = shardings["sequence_hooks"]["prompt_tuning"]["prompt"].spec
         embedding = shardings["token_embedder"]["embedding"].spec
         assert tuple(prompt) == (None, None, embedding[1])
+
+
+def test_exporting_a_step_again_replaces_the_file(tmp_path) -> None:
+    """A run killed between a step's export and its checkpoint commit exports that step again."""
+    from t5x_instruct.plugins.prompt_tuning.plugin import export_prompt, prompt_path
+
+    path = prompt_path(str(tmp_path), "prompt_tuning", 8)
+    export_prompt(np.zeros((4, 3)), path)
+    second = np.arange(12, dtype=np.float32).reshape(4, 3)
+    export_prompt(second, path)
+    np.testing.assert_array_equal(np.load(str(path)), second)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["prompt_8.npy"]

@@ -141,9 +141,7 @@ PLUGIN_ARGS = [
 ]
 
 
-# PLUGIN_ARGS (prompt tuning + LoRA) is not parametrized here yet: on the session's saturated
-# CPU its subprocesses hit the 600 s timeout; re-enable ([[], PLUGIN_ARGS]) once run idle.
-@pytest.mark.parametrize("extra", [[]], ids=["plain"])
+@pytest.mark.parametrize("extra", [[], PLUGIN_ARGS], ids=["plain", "prompt_tuning+lora"])
 def test_sigkill_then_restart_reproduces_uninterrupted_losses(tmp_path, extra) -> None:
     run_args = [*RUN_ARGS, *extra]
     straight = _run(

@@ -87,7 +87,9 @@ def save_adapters(path: str | epath.Path, tree: Mapping[str, Any], metadata: dic
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp"
     tmp.write_bytes(save(arrays, metadata=header))
-    tmp.rename(path)  # readers never see half a file
+    # Readers never see half a file; `replace` because a run killed after this export but
+    # before its checkpoint committed resumes from an older step and exports this step again.
+    tmp.replace(path)
 
 
 def read_adapters(path: str | epath.Path, setting: str) -> tuple[dict[str, np.ndarray], dict]:

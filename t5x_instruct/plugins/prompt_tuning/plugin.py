@@ -206,9 +206,16 @@ def prompt_path(model_dir: str, name: str, step: int) -> Any:
 
 
 def export_prompt(prompt: np.ndarray, path: Any) -> None:
+    """Atomic write that replaces an existing file.
+
+    A run killed after this export but before its checkpoint committed resumes from an older
+    step and exports the same step again, so the file may already be there.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
+    tmp = path.parent / f".{path.name}.tmp"
+    with tmp.open("wb") as f:
         np.save(f, prompt.astype(np.float32))
+    tmp.replace(path)
 
 
 def _embedding_table(model: nnx.Module) -> Any:
