@@ -7,7 +7,7 @@ RUN_GIN ?= gin/runs/quickstart.gin
 PYTEST_ARGS ?=
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test lint quickstart adapt-demo distill-demo bench clean
+.PHONY: setup test lint quickstart adapt-demo distill-demo ablate-demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ adapt-demo: setup
 distill-demo: setup
 	JAX_PLATFORMS=cpu $(PY) tools/distill_demo.py --teacher_dir=$(MODEL_DIR) \
 		--out_dir=$(MODEL_DIR)_distill
+
+# Mixture ablation on the demo data: number of task types and templates per task vs
+# held-out generalisation (docs/ablations.md). Re-running skips finished variants; pass
+# e.g. ABLATE_ARGS=--out_dir=/path to choose the output folder.
+ablate-demo: setup
+	JAX_PLATFORMS=cpu $(PY) tools/ablate.py run gin/ablations/tasks_and_templates.yaml \
+		$(ABLATE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
