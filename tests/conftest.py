@@ -9,6 +9,16 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     ).strip()
 
 
+# One persistent XLA compilation cache per test session, inherited by the CLI subprocesses:
+# many tests compile the same train step (the quickstart config, the tiny presets) in fresh
+# processes or through fresh `jax.jit` objects, and a cache hit skips XLA's backend compile.
+# A fresh directory per session, so nothing carries over between CI runs.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="t5x_instruct_xla_cache_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
 import gin
 import pytest
 
