@@ -227,6 +227,26 @@ def test_formats_split_each_task_rate(tmp_path) -> None:
             "axes.templates_per_task[1]",
             ["no template provider"],
         ),
+        (
+            "mixture: {sources: {a: [t_a], b: [mix_t]}}\n",
+            "mixture.sources.b",
+            ["'t_a' is in sources 'a' and 'b'"],
+        ),
+        (
+            "mixture: {sources: {all: [t_a, t_b]}}\naxes: {include: {x: [t_c]}}\n",
+            "axes.include[x]",
+            ["'t_c' names no task of the mixture's sources"],
+        ),
+        (
+            "mixture: {sources: {all: [mix_t]}, rate: equal, cap: 10}\n",
+            "mixture.cap",
+            ["caps only apply with rate: examples"],
+        ),
+        (
+            "mixture: {sources: {all: [mix_t]}, formats: {zero_shot: 1}}\n",
+            "mixture.formats.zero_shot",
+            ["'t_a' has no zero_shot variant 't_a_zero_shot'"],
+        ),
     ],
     ids=[
         "unknown_task",
@@ -236,6 +256,10 @@ def test_formats_split_each_task_rate(tmp_path) -> None:
         "same_caps",
         "unknown_key",
         "no_templates",
+        "two_sources",
+        "include_outside",
+        "caps_with_equal",
+        "missing_format",
     ],
 )
 def test_bad_sweeps_fail_with_one_clear_error(tmp_path, body, key, needles) -> None:

@@ -47,8 +47,16 @@ def plot_score_vs_axes(
             ):
                 continue
             lines.setdefault(others, {})[row.config.get(setting)] = row
-        fig, panels = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
-        for panel, (group, title) in zip(panels[0], groups):
+        shown = [row for by_label in lines.values() for row in by_label.values()]
+        axis_groups = [(g, t) for g, t in groups if any(row.stat(g) for row in shown)]
+        if not axis_groups:
+            continue
+        ncols = min(3, len(axis_groups))
+        nrows = -(-len(axis_groups) // ncols)
+        fig, panels = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False)
+        for panel in panels.flat[len(axis_groups) :]:
+            panel.set_visible(False)
+        for panel, (group, title) in zip(panels.flat, axis_groups):
             for others, by_label in lines.items():
                 xs, means, sds, dots = [], [], [], []
                 for i, label in enumerate(labels):
@@ -71,9 +79,10 @@ def plot_score_vs_axes(
             panel.set_title(title)
             panel.set_ylim(-0.02, 1.02)
             panel.grid(alpha=0.3)
-        panels[0][0].set_ylabel(next((r.metric for r in runs if r.metric), "score"))
+        for row_panels in panels:
+            row_panels[0].set_ylabel(next((r.metric for r in runs if r.metric), "score"))
         if len(lines) > 1:
-            panels[0][-1].legend(fontsize=7)
+            panels.flat[0].legend(fontsize=7)
         fig.suptitle(f"{manifest['sweep']}: score vs {setting}")
         fig.tight_layout()
         path = out_dir / f"score_vs_{setting}.png"
@@ -114,16 +123,22 @@ def plot_per_task(runs: Sequence[RunResult], path: Path) -> Path:
         panel.set_title(title)
         panel.set_ylim(0, 1.02)
         panel.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(fontsize=7, ncol=max(1, len(rows) // 4))
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", fontsize=8, ncol=min(3, len(rows)))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight() * -(-len(rows) // 3)))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
 def _short_names(names: Sequence[str]) -> list[str]:
-    """Task names without their shared ``prefix_`` and the ``_heldout_templates`` tail."""
-    out = [n.removesuffix("_heldout_templates") for n in names]
+    """Task names without their shared ``prefix_``; ``_heldout_templates`` is dropped when
+    every name has it, else written ``(held-out tpl)``."""
+    tail = "_heldout_templates"
+    if all(n.endswith(tail) for n in names):
+        out = [n.removesuffix(tail) for n in names]
+    else:
+        out = [n.removesuffix(tail) + " (held-out tpl)" if n.endswith(tail) else n for n in names]
     prefix = out[0].split("_", 1)[0] + "_" if out and "_" in out[0] else ""
     if prefix and all(n.startswith(prefix) for n in out):
         out = [n[len(prefix) :] for n in out]

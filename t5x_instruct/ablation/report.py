@@ -247,9 +247,9 @@ def markdown_table(manifest: dict[str, Any], runs: Sequence[RunResult]) -> str:
     parents = _heldout_parents(runs)
     metric = next((r.metric for r in runs if r.metric), "score").replace("_", " ")
     header = ["variant", "seeds"]
-    for g, title in groups:
+    for _, title in groups:
         header.append(title)
-        if g != "held_in" and base is not None:
+        if base is not None:
             header.append("Δ base")
     header += [f"{p}: median [IQR] over templates" for p in parents]
     header.append("train wall time")
@@ -272,7 +272,7 @@ def markdown_table(manifest: dict[str, Any], runs: Sequence[RunResult]) -> str:
         for g, _ in groups:
             stat = row.stat(g)
             cells.append(_fmt(stat))
-            if g != "held_in" and base is not None:
+            if base is not None:
                 ref = base.stat(g)
                 if row is base:
                     cells.append("—")
