@@ -7,3 +7,45 @@ traceback. Each also subclasses the builtin type callers would expect (``ValueEr
 
 class UserInputError(ValueError):
     """Bad configuration or input; the message says what is at fault and how to fix it."""
+
+
+class DataUnavailableError(UserInputError, FileNotFoundError):
+    """A data source that cannot be read (offline, missing path, data set not prepared); the
+    message names the path and how to point the task at a local copy. Also a
+    ``FileNotFoundError``, which callers catching missing files expect."""
+
+
+class NotUtf8Error(UserInputError):
+    """A text data file holds bytes that are not UTF-8; the message names file and line."""
+
+
+def not_utf8(where: str, raw: bytes, exc: UnicodeDecodeError) -> NotUtf8Error:
+    """The error for line ``raw`` at ``where`` (``'path:line'``) that failed to decode."""
+    byte = raw[exc.start : exc.start + 1].hex()
+    return NotUtf8Error(
+        f"{where}: not UTF-8 text (byte 0x{byte} at column {exc.start + 1}); save the file as "
+        "UTF-8 (e.g. `iconv -f latin1 -t utf-8 in > out`)."
+    )
+
+
+def _subclass_names(cls: type) -> set[str]:
+    names = {cls.__name__}
+    for sub in cls.__subclasses__():
+        names |= _subclass_names(sub)
+    return names
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """The one-line message of a :class:`UserInputError`, also when it arrives wrapped in
+    another exception's text (raised inside a ``tf.data`` generator, TensorFlow re-raises it
+    as an ``InvalidArgumentError`` whose message holds ``"<ErrorName>: <message>"``); else
+    ``None`` (a bug: keep the traceback)."""
+    if isinstance(exc, UserInputError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    names = _subclass_names(UserInputError)
+    for line in str(exc).splitlines():
+        head, sep, rest = line.partition(": ")
+        name = head.rsplit(" ", 1)[-1].rsplit(".", 1)[-1]  # "{{node}} pkg.mod.NameError"
+        if sep and name in names and rest.strip():
+            return rest.strip()
+    return None

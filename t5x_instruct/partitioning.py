@@ -22,6 +22,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from t5x_instruct.config_validation import check_field_types
+
 MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXES_KEY = "logical_axes"
 
@@ -155,6 +157,9 @@ class MeshConfig:
     dcn_tensor: int = 1
     axis_type: str = "auto"
 
+    def __post_init__(self) -> None:
+        check_field_types(self)  # `MeshConfig.fsdp='8'` → one error naming the binding
+
     def shape(self, num_devices: int) -> tuple[int, int, int]:
         ici = [self.data, self.fsdp, self.tensor]
         dcn = [self.dcn_data, self.dcn_fsdp, self.dcn_tensor]
@@ -173,9 +178,13 @@ class MeshConfig:
                 )
             ici[ici.index(-1)] = per_slice // known
         if math.prod(ici) != per_slice:
-            raise ValueError(
+            from t5x_instruct.errors import UserInputError
+
+            raise UserInputError(
                 f"MeshConfig(data={ici[0]}, fsdp={ici[1]}, tensor={ici[2]}) needs "
-                f"{math.prod(ici) * total_dcn} devices but {num_devices} are available."
+                f"{math.prod(ici) * total_dcn} devices but {num_devices} are available (on "
+                "several hosts: every process's devices together); set --gin.MeshConfig.* so "
+                "the product matches, or one of them to -1."
             )
         return tuple(i * d for i, d in zip(ici, dcn))  # type: ignore[return-value]
 
@@ -266,6 +275,14 @@ def axis_rules(mesh: Mesh, rules: AxisRules) -> Iterator[None]:
         yield
     finally:
         _ACTIVE.reset(token)
+
+
+def active_axis_rules() -> tuple[Mesh, tuple] | None:
+    """``(mesh, rules)`` of the enclosing :func:`axis_rules`, else None.
+
+    Pallas kernels read it to ``shard_map`` themselves over the layout being traced.
+    """
+    return _ACTIVE.get()
 
 
 def with_logical_constraint(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:

@@ -35,6 +35,7 @@ from t5x_instruct.data.metrics import (
 from t5x_instruct.data.pipeline import DataIterator, DatasetConfig, get_dataset
 from t5x_instruct.data.registry import (
     EVAL_GROUPS,
+    available_splits,
     get_mixture_or_task,
     import_task_modules,
     leaf_tasks,
@@ -58,6 +59,7 @@ from t5x_instruct.data.vocabularies import (
 
 __all__ = [
     "EVAL_GROUPS",
+    "available_splits",
     "MODEL_TYPES",
     "DataIterator",
     "DatasetConfig",

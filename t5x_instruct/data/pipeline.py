@@ -202,6 +202,12 @@ class DataIterator:
         self._iterator = None
         self._batches_consumed = batches_consumed
 
+    def close(self) -> None:
+        """Releases the pipeline (tf.data's prefetch threads) deliberately, at a known point,
+        instead of in a destructor at interpreter exit; the position is kept, and the next
+        batch rebuilds the pipeline there."""
+        self._seek(self._batches_consumed)
+
     def __iter__(self) -> DataIterator:
         return self
 

@@ -9,7 +9,6 @@ different model with a readable message instead of a shape error deep inside orb
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from t5x_instruct.errors import UserInputError
+from t5x_instruct.runtime import paths
 from t5x_instruct.training.train_state import Params, TrainState
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,17 @@ def param_shapes(params: Params) -> dict[str, list[int]]:
 
 
 class Checkpointer:
-    """Saves/restores ``TrainState`` + data-iterator state under ``{model_dir}/checkpoints``."""
+    """Saves/restores ``TrainState`` + data-iterator state under ``{model_dir}/checkpoints``.
+
+    ``model_dir`` is local or ``gs://`` (:func:`t5x_instruct.runtime.paths.resolve`). Every
+    process of a multi-host run constructs one and calls :meth:`save` at the same steps:
+    each writes its own array shards, process 0 the JSON items.
+    """
 
     def __init__(self, model_dir: str, *, keep: int = 3, async_save: bool = True) -> None:
-        self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+        self.directory = paths.resolve(model_dir, what="MODEL_DIR", for_checkpoints=True) / (
+            "checkpoints"
+        )
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             enable_async_checkpointing=async_save,
@@ -148,7 +155,7 @@ def load_params_for_warm_start(
     """
     step_dir = _resolve_step_dir(path)
     checkpointer = ocp.StandardCheckpointer()
-    saved_tree = checkpointer.restore(os.path.join(step_dir, "state"))
+    saved_tree = checkpointer.restore(step_dir / "state")
     saved = _flat(saved_tree["params"])
     model_flat = _flat(abstract_params)
     init_flat = _flat(init_params)
@@ -187,15 +194,14 @@ def load_params_for_warm_start(
     return _unflatten_like(abstract_params, loaded)
 
 
-def _resolve_step_dir(path: str) -> str:
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, "state")):
-        return path
-    for base in (os.path.join(path, "checkpoints"), path):
-        if os.path.isdir(base):
-            steps = sorted(int(d) for d in os.listdir(base) if d.isdigit())
-            if steps:
-                return os.path.join(base, str(steps[-1]))
+def _resolve_step_dir(path: str) -> paths.epath.Path:
+    root = paths.resolve(path, what="INITIAL_CHECKPOINT_PATH", for_checkpoints=True)
+    if (root / "state").is_dir():
+        return root
+    for base in (root / "checkpoints", root):
+        steps = sorted(int(d) for d in paths.listdir(base) if d.isdigit())
+        if steps:
+            return base / str(steps[-1])
     raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH={path!r} holds no t5x_instruct checkpoint.")
 
 

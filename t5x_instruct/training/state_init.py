@@ -136,7 +136,7 @@ def restore_or_initialise(
                 "MODEL_DIR holds a parameters-only checkpoint; warm-starting from it, not from "
                 "INITIAL_CHECKPOINT_PATH=%s", initial_checkpoint_path,
             )  # fmt: skip
-        initial_checkpoint_path = os.path.join(checkpointer.directory, str(params_only))
+        initial_checkpoint_path = os.fspath(checkpointer.directory / str(params_only))
         log.info("Warm start from the parameters-only checkpoint %s", initial_checkpoint_path)
     if latest is not None:
         missing = checkpointer.missing_params(latest, layout.spec.abstract_params())
