@@ -59,7 +59,6 @@ from t5x_instruct.data.vocabularies import (
 
 __all__ = [
     "EVAL_GROUPS",
-    "available_splits",
     "MODEL_TYPES",
     "DataIterator",
     "DatasetConfig",
@@ -70,6 +69,7 @@ __all__ = [
     "VocabularyNotFoundError",
     "VocabularySizeError",
     "accuracy",
+    "available_splits",
     "bleu",
     "check_vocabulary_fits",
     "exact_match",
