@@ -158,6 +158,9 @@ def test_sigkill_then_restart_reproduces_uninterrupted_losses(tmp_path, extra) -
     resumed = _run([*run_args, f"--gin.MODEL_DIR={killed_dir}"], "-m", "t5x_instruct.train")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resumed from" in resumed.stderr
+    # O(1): the data iterators came back from their checkpoints, nothing was skipped.
+    assert "restored the tf.data iterators" in resumed.stderr, resumed.stderr[-3000:]
+    assert "Data position: skipping" not in resumed.stderr
     expected, got = _losses(tmp_path / "straight"), _losses(killed_dir)
     assert sorted(got) == list(range(1, 13))
     for step in range(1, 13):

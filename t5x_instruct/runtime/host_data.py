@@ -10,10 +10,14 @@ data, as the collectives require. A run saved by 2 processes resumes exactly on 
 
 ``num_shards`` defaults to the process count at a run's first start (T5X's one shard per
 host) and is kept in the checkpoint's data state from then on.
+
+Each shard's iterator checkpoint (for an O(1) resume) is a folder per shard, written by the
+shard's *owner*, the lowest process that reads it, so any process count can read it back.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -25,6 +29,8 @@ from t5x_instruct import partitioning
 from t5x_instruct.errors import UserInputError
 
 HostBatch = Mapping[str, np.ndarray]
+
+log = logging.getLogger(__name__)
 
 
 def row_blocks(
@@ -52,6 +58,23 @@ def shards_for_rows(blocks: Sequence[tuple[int, int]], num_rows: int, num_shards
     rows = num_rows // num_shards
     found = {k for start, stop in blocks for k in range(start // rows, (stop - 1) // rows + 1)}
     return sorted(found)
+
+
+def owned_shards(
+    sharding: NamedSharding, num_rows: int, num_shards: int, process_index: int | None = None
+) -> list[int]:
+    """The data shards whose owner (the lowest process reading them) is ``process_index``
+    (default: this process); the owner alone writes a shard's iterator checkpoint."""
+    process_index = jax.process_index() if process_index is None else process_index
+    by_process: dict[int, list[Any]] = {}
+    for device in sharding.device_set:
+        by_process.setdefault(device.process_index, []).append(device)
+    owner: dict[int, int] = {}
+    for process in sorted(by_process):
+        blocks = row_blocks(sharding, num_rows, by_process[process])
+        for k in shards_for_rows(blocks, num_rows, num_shards):
+            owner.setdefault(k, process)
+    return sorted(k for k, p in owner.items() if p == process_index)
 
 
 def check_num_shards(batch_size: int, num_shards: int) -> None:
@@ -133,7 +156,14 @@ class _ShardIterator(Protocol):
 
     def state(self) -> dict[str, Any]: ...
 
-    def restore(self, state: Mapping[str, Any]) -> None: ...
+    def restore(
+        self,
+        state: Mapping[str, Any],
+        checkpoint_dir: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str | None: ...
+
+    def save(self, directory: str, metadata: Mapping[str, Any] | None = None) -> str | None: ...
 
     def close(self) -> None: ...
 
@@ -147,7 +177,9 @@ class ShardedBatches:
 
     ``state()`` is what shard 0's iterator saves (its config names ``num_shards``); every
     shard has consumed the same number of batches, so that one state positions any shard,
-    on any process count.
+    on any process count. ``save_iterators`` / ``restore(..., directory)`` add the O(1) path:
+    ``directory/shard_<k>`` holds shard ``k``'s iterator checkpoint, written by its owner
+    (``owned``, default every shard read).
     """
 
     def __init__(
@@ -155,12 +187,15 @@ class ShardedBatches:
         make_shard: Callable[[int], _ShardIterator],
         num_shards: int,
         shard_ids: Sequence[int],
+        owned: Sequence[int] | None = None,
     ) -> None:
         if not shard_ids:
             raise ValueError("ShardedBatches needs at least one shard to read.")
         self.num_shards = num_shards
         self.shard_ids = list(shard_ids)
+        self.owned = list(self.shard_ids if owned is None else owned)
         self._iterators = {k: make_shard(k) for k in self.shard_ids}
+        self._save_warned = False
 
     def __iter__(self) -> Iterator[dict[int, HostBatch]]:
         return self
@@ -172,11 +207,54 @@ class ShardedBatches:
         state = self._iterators[self.shard_ids[0]].state()
         return {**state, "config": {**state["config"], "shard_id": 0}}
 
-    def restore(self, state: Mapping[str, Any]) -> None:
+    def restore(
+        self, state: Mapping[str, Any], directory: str | None = None, step: int | None = None
+    ) -> bool:
         """Position every shard where ``state`` says; the data config must match it (the
-        shard index aside), else the shard's iterator names the differences."""
+        shard index aside), else the shard's iterator names the differences.
+
+        With ``directory`` (what :meth:`save_iterators` wrote at ``step``) each shard's
+        iterator checkpoint is restored; a shard without a valid one skips to the position
+        instead, with one warning saying why. Returns whether no shard had to skip.
+        """
+        reasons = []
         for k, it in self._iterators.items():
-            it.restore({**state, "config": {**state["config"], "shard_id": k}})
+            reason = it.restore(
+                {**state, "config": {**state["config"], "shard_id": k}},
+                None if directory is None else f"{directory}/shard_{k}",
+                {"step": step},
+            )
+            if reason is not None:
+                reasons.append(f"shard {k}: {reason}")
+        consumed = int(state["batches_consumed"])
+        if reasons:
+            log.warning(
+                "Data position: skipping %d batches on shard(s) %s to resume (time grows with "
+                "the step), because %s",
+                consumed, self.shard_ids, "; ".join(reasons),
+            )  # fmt: skip
+        elif directory is not None:
+            log.info(
+                "Data position: restored the tf.data iterators of shard(s) %s at batch %d from "
+                "%s (no skip)",
+                self.shard_ids, consumed, directory,
+            )  # fmt: skip
+        return not reasons
+
+    def save_iterators(self, directory: str, step: int) -> None:
+        """Write the owned shards' iterator checkpoints into ``directory/shard_<k>``
+        (synchronously: the iterator must not move meanwhile). A pipeline that cannot be
+        checkpointed is warned about once; its resumes then skip."""
+        for k in self.owned:
+            reason = self._iterators[k].save(f"{directory}/shard_{k}", {"step": step})
+            if reason is not None and not self._save_warned:
+                self._save_warned = True
+                log.warning(
+                    "Data position: cannot checkpoint the data iterator of shard %d (%s); "
+                    "a resume will skip the consumed batches instead (time grows with the "
+                    "step).",
+                    k, reason,
+                )  # fmt: skip
 
     @property
     def element_spec(self) -> dict[str, tuple[tuple[int, ...], Any]]:

@@ -4,13 +4,19 @@ Orbax writes each step into a temporary folder and renames it when complete, so 
 SIGKILL mid-save leaves the previous checkpoint intact. Next to the train state we save the
 data iterator position (JSON) and the parameter shapes, to refuse a MODEL_DIR that holds a
 different model with a readable message instead of a shape error deep inside orbax.
+
+The data iterators' own checkpoints (O(1) resume, written through TensorFlow by the data
+layer) live next to them in ``MODEL_DIR/data_state/<step>/``: orbax's renamed step folders
+cannot take foreign files. They are written before orbax's save of the same step and checked
+against the orbax data state on restore, so a crash in between only leaves an unused folder;
+folders of steps orbax no longer keeps are deleted at the next save.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -66,15 +72,31 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data", "shapes")
         )
+        self.data_state_root = self.directory.parent / "data_state"
+
+    def data_state_dir(self, step: int) -> str:
+        """Where the data iterators' checkpoints of ``step`` go (a plain string for TF)."""
+        return str(self.data_state_root / str(step))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, state: TrainState, data_state: dict[str, Any], *, force: bool = False) -> bool:
+    def save(
+        self,
+        state: TrainState,
+        data_state: dict[str, Any],
+        *,
+        force: bool = False,
+        write_data_state: Callable[[str, int], None] | None = None,
+    ) -> bool:
+        """Save ``step`` unless it exists; ``write_data_state(folder, step)`` first writes
+        this process's data iterator checkpoints (synchronously)."""
         step = int(jax.device_get(state.step))
         if step in self.manager.all_steps():
             return False
-        return self.manager.save(
+        if write_data_state is not None:
+            write_data_state(self.data_state_dir(step), step)
+        saved = self.manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
@@ -83,6 +105,18 @@ class Checkpointer:
             ),
             force=force,
         )
+        self._delete_stale_data_states(below=step)
+        return saved
+
+    def _delete_stale_data_states(self, below: int) -> None:
+        """Process 0 deletes data-state folders of steps before ``below`` that orbax does
+        not keep (later ones may be being written by other processes)."""
+        if jax.process_index() != 0:
+            return
+        kept = set(self.manager.all_steps())
+        for name in paths.listdir(self.data_state_root):
+            if name.isdigit() and int(name) < below and int(name) not in kept:
+                paths.remove_tree(self.data_state_root / name)
 
     def missing_params(self, step: int, params: Params) -> list[str]:
         """Names of ``params`` (abstract is fine) that checkpoint ``step`` does not hold."""
@@ -119,6 +153,9 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.wait_until_finished()
+        latest = self.manager.latest_step()
+        if latest is not None:
+            self._delete_stale_data_states(below=latest)
         self.manager.close()
 
 

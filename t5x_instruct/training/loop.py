@@ -180,9 +180,12 @@ def train(
         ),
         num_shards,
         host_data.shards_for_rows(blocks, batch_size, num_shards),
+        owned=host_data.owned_shards(
+            partitioning.batch_sharding(mesh, rules, 1), batch_size, num_shards
+        ),
     )
-    if data_state:
-        iterator.restore(data_state)
+    if data_state:  # O(1) from the iterators' checkpoints, else skipping (with a warning)
+        iterator.restore(data_state, checkpointer.data_state_dir(start_step), start_step)
 
     def _train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
         with partitioning.axis_rules(mesh, rules):
@@ -239,7 +242,12 @@ def train(
     )
 
     def save(force: bool = False) -> None:
-        if checkpointer.save(layout.for_checkpoint(state), iterator.state(), force=force):
+        if checkpointer.save(
+            layout.for_checkpoint(state),
+            iterator.state(),
+            force=force,
+            write_data_state=iterator.save_iterators,
+        ):
             _plugin_exports(plugin_set, state, model_dir)
 
     step = start_step
