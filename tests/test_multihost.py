@@ -210,6 +210,9 @@ def test_sigterm_on_one_process_saves_the_same_step_everywhere_and_resumes_exact
     resumed = _two_processes([(preempted, "data", 0)])
     assert [r.returncode for r in resumed] == [0, 0], _stderr(resumed)
     assert all("Resumed from" in r.stderr for r in resumed)
+    # Each data shard's iterator checkpoint (written by the process owning it) was restored.
+    assert all("restored the tf.data iterators" in r.stderr for r in resumed), _stderr(resumed)
+    assert not any("Data position: skipping" in r.stderr for r in resumed)
     expected = oracle("data")
     _assert_same_losses(_losses(preempted), expected)
 

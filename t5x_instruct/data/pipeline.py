@@ -194,7 +194,8 @@ class DataIterator:
     def from_state(
         cls, state: Mapping[str, Any], checkpoint_dir: str | None = None
     ) -> DataIterator:
-        """A new iterator positioned where the one that produced ``state`` was."""
+        """A new iterator positioned where the one that produced ``state`` was (restored from
+        ``checkpoint_dir`` when it holds a valid iterator checkpoint, see :meth:`restore`)."""
         config = dict(state["config"])
         name = config.pop("mixture_or_task_name")
         it = cls(name, **config)
