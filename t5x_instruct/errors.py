@@ -1,12 +1,23 @@
-"""Errors caused by the user's input (config, task names, MODEL_DIR), not by a bug.
+"""Errors caused by the user's input (config, task names, MODEL_DIR) or by the storage, not
+by a bug.
 
-The CLI prints these as one readable line and exits with status 2; anything else keeps its
-traceback. Each also subclasses the builtin type callers would expect (``ValueError``).
+The CLI prints these as one readable line and exits with status 2 (bad input) or
+:data:`STORAGE_ERROR_EXIT_CODE` (storage failed mid-run); anything else keeps its traceback.
+Each also subclasses the builtin type callers would expect (``ValueError``, ``OSError``).
 """
+
+# Exit status of `python -m t5x_instruct.train` when writing a checkpoint failed (disk full,
+# quota, permissions changed mid-run): not the user's input (2), not a bug (1).
+STORAGE_ERROR_EXIT_CODE = 3
 
 
 class UserInputError(ValueError):
     """Bad configuration or input; the message says what is at fault and how to fix it."""
+
+
+class StorageError(OSError):
+    """Writing MODEL_DIR failed mid-run (disk full, quota, permissions); the message names the
+    step, the folder, the OS reason and the checkpoint a rerun resumes from."""
 
 
 class DataUnavailableError(UserInputError, FileNotFoundError):

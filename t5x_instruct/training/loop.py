@@ -104,7 +104,7 @@ def train(
     from t5x_instruct import data  # lazy: TensorFlow only when a run actually reads data
 
     model_dir = os.fspath(paths.resolve(model_dir, what="MODEL_DIR", for_checkpoints=True))
-    paths.makedirs(model_dir)
+    ckpt_lib.check_writable(model_dir)  # one line now, not a traceback at the first save
     is_writer = jax.process_index() == 0
     plugin_set = PluginSet(plugins)
     base_build = model_spec.build if model_spec is not None else build_model
