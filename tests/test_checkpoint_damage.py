@@ -143,6 +143,7 @@ def test_damaged_latest_checkpoints_resume_from_the_newest_intact_one(
 ) -> None:
     model_dir = tmp_path / "run"
     shutil.copytree(oracle / "checkpoints", model_dir / "checkpoints")  # no metrics.jsonl
+    shutil.copytree(oracle / "data_state", model_dir / "data_state")  # O(1) data resume
     damaged = {}
     for step, kind in zip((6, 4), kinds):
         folder = model_dir / "checkpoints" / str(step)
