@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import seqio  # noqa: F401  (the CLI subprocesses read the demo task through seqio)
 
 from t5x_instruct import train as train_cli
 from t5x_instruct.runtime.preemption import PREEMPTED_EXIT_CODE
