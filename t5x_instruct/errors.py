@@ -6,6 +6,10 @@ The CLI prints these as one readable line and exits with status 2 (bad input) or
 Each also subclasses the builtin type callers would expect (``ValueError``, ``OSError``).
 """
 
+import os
+import re
+from collections.abc import Iterator
+
 # Exit status of `python -m t5x_instruct.train` when writing a checkpoint failed (disk full,
 # quota, permissions changed mid-run): not the user's input (2), not a bug (1).
 STORAGE_ERROR_EXIT_CODE = 3
@@ -59,4 +63,70 @@ def user_error_message(exc: BaseException) -> str | None:
         name = head.rsplit(" ", 1)[-1].rsplit(".", 1)[-1]  # "{{node}} pkg.mod.NameError"
         if sep and name in names and rest.strip():
             return rest.strip()
+    return None
+
+
+# ------------------------------------------------------------------ storage failures
+
+# TensorStore reports OS errors as ValueErrors with the code in the message.
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+# TensorStore status codes that mean "the storage refused" (object stores give no errno).
+_STORAGE_STATUS = re.compile(
+    r"^(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAUTHENTICATED|UNAVAILABLE|DEADLINE_EXCEEDED):"
+)
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        yield node
+        node = node.__cause__ or node.__context__
+
+
+def storage_reason(exc: BaseException) -> str | None:
+    """``'[Errno 28] No space left on device'`` when ``exc`` (or its cause) is the storage
+    refusing a write or read; ``None`` for anything else (a bug keeps its traceback)."""
+    for err in exception_chain(exc):
+        if isinstance(err, StorageError | UserInputError):
+            continue
+        if isinstance(err, OSError):
+            if err.errno:
+                return f"[Errno {err.errno}] {err.strerror or os.strerror(err.errno)}"
+            return first_line(f"{type(err).__name__}: {err}")
+        text = str(err)
+        match = _OS_ERROR_CODE.search(text)
+        if match:
+            code = int(match.group(1))
+            return f"[Errno {code}] {os.strerror(code)}"
+        if _STORAGE_STATUS.match(text):
+            return first_line(text)
+    return None
+
+
+def first_line(text: str, limit: int = 300) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# errno values meaning "the storage refused the write", not "the program asked for the wrong
+# file": disk full, quota, file size limit, read-only file system, I/O error.
+_STORAGE_ERRNOS = frozenset({28, 122, 27, 30, 5})  # ENOSPC, EDQUOT, EFBIG, EROFS, EIO
+
+
+def storage_failure_message(exc: BaseException) -> str | None:
+    """One line for a write MODEL_DIR's storage refused outside a checkpoint save (summary,
+    config, exports), or ``None``. Checkpoint and metrics writes raise :class:`StorageError`
+    themselves, with the step."""
+    if isinstance(exc, StorageError):
+        return first_line(str(exc))
+    for err in exception_chain(exc):
+        if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
+            where = f"writing {err.filename}" if err.filename else "writing to MODEL_DIR"
+            return (
+                f"{where} failed: [Errno {err.errno}] {err.strerror or os.strerror(err.errno)}; "
+                "checkpoints already written are kept (rerun the same command to resume from "
+                "the latest one once there is space)."
+            )
     return None

@@ -2,8 +2,9 @@
 
 Exit status: 0 when the run finished, 2 for bad input (including an unwritable MODEL_DIR,
 or one whose checkpoints are all damaged),
-:data:`~t5x_instruct.errors.STORAGE_ERROR_EXIT_CODE` (3) when saving a checkpoint failed
-(disk full, quota, permissions; the previous checkpoint is kept, rerun to resume from it) and
+:data:`~t5x_instruct.errors.STORAGE_ERROR_EXIT_CODE` (3) when the storage refused a write
+(disk full, quota; checkpoint, metrics, summary: the previous checkpoint is kept, rerun to
+resume from it) and
 :data:`~t5x_instruct.runtime.preemption.PREEMPTED_EXIT_CODE` (42) when SIGTERM stopped it
 after saving a checkpoint (rerun the same command to continue). Each error is one line
 ``error: ...`` on stderr. Multi-host flags:
@@ -22,7 +23,11 @@ def main(argv: Sequence[str]) -> int:
 
     setup_process()  # logging, quiet start-up, `tasks/` importable
     from t5x_instruct.cli.gin_flags import call_with_required_macros, configure
-    from t5x_instruct.errors import STORAGE_ERROR_EXIT_CODE, StorageError, user_error_message
+    from t5x_instruct.errors import (
+        STORAGE_ERROR_EXIT_CODE,
+        storage_failure_message,
+        user_error_message,
+    )
     from t5x_instruct.runtime import distributed
     from t5x_instruct.runtime.preemption import PREEMPTED_EXIT_CODE
     from t5x_instruct.training.loop import train
@@ -32,12 +37,14 @@ def main(argv: Sequence[str]) -> int:
         configure(argv)
         distributed.initialize(flags)  # before anything starts a JAX backend
         summary = call_with_required_macros(train)
-    except StorageError as exc:  # a save failed (disk full...): the last checkpoint is kept
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return STORAGE_ERROR_EXIT_CODE
     except Exception as exc:
-        # One line for bad input (gin appends "In call to configurable ..." lines; a
+        # A write refused by the storage (disk full...; the last checkpoint is kept) and bad
+        # input are one line each (gin appends "In call to configurable ..." lines; a
         # UserInputError raised inside tf.data arrives wrapped); a bug keeps its traceback.
+        storage = storage_failure_message(exc)
+        if storage is not None:
+            print(f"error: {storage}", file=sys.stderr)
+            return STORAGE_ERROR_EXIT_CODE
         message = user_error_message(exc)
         if message is None:
             raise

@@ -30,7 +30,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # The exit status of a run that stopped for SIGTERM after saving its checkpoint (0: finished,
-# 2: bad input). Restart the same command to continue.
+# 2: bad input, 3: the storage refused a write). Restart the same command to continue.
 PREEMPTED_EXIT_CODE = 42
 
 

@@ -27,14 +27,16 @@ import re
 import sys
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from t5x_instruct.errors import StorageError, UserInputError
+from t5x_instruct.errors import StorageError, UserInputError, storage_reason
+from t5x_instruct.errors import exception_chain as _chain
+from t5x_instruct.errors import first_line as _first_line
 from t5x_instruct.runtime import paths
 from t5x_instruct.training.train_state import Params, TrainState
 
@@ -288,43 +290,8 @@ def check_writable(model_dir: str) -> None:
 
 # --------------------------------------------------------------- describing failures
 
-# TensorStore reports OS errors as ValueErrors with the code in the message.
-_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
-# TensorStore status codes that mean "the storage refused" (object stores give no errno).
-_STORAGE_STATUS = re.compile(
-    r"^(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAUTHENTICATED|UNAVAILABLE|DEADLINE_EXCEEDED):"
-)
 _STATUS = re.compile(r"^[A-Z][A-Z_]{3,}: ")
 _OCDBT_AT = re.compile(r' in OCDBT database at [^"]*"([^"]*)"')
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    node: BaseException | None = exc
-    while node is not None and id(node) not in seen:
-        seen.add(id(node))
-        yield node
-        node = node.__cause__ or node.__context__
-
-
-def storage_reason(exc: BaseException) -> str | None:
-    """``'[Errno 28] No space left on device'`` when ``exc`` (or its cause) is the storage
-    refusing a write or read; ``None`` for anything else (a bug keeps its traceback)."""
-    for err in _chain(exc):
-        if isinstance(err, StorageError | UserInputError):
-            continue
-        if isinstance(err, OSError):
-            if err.errno:
-                return f"[Errno {err.errno}] {err.strerror or os.strerror(err.errno)}"
-            return _first_line(f"{type(err).__name__}: {err}")
-        text = str(err)
-        match = _OS_ERROR_CODE.search(text)
-        if match:
-            code = int(match.group(1))
-            return f"[Errno {code}] {os.strerror(code)}"
-        if _STORAGE_STATUS.match(text):
-            return _first_line(text)
-    return None
 
 
 def describe_failure(exc: BaseException, step_dir: paths.epath.Path | str) -> str:
@@ -337,11 +304,6 @@ def describe_failure(exc: BaseException, step_dir: paths.epath.Path | str) -> st
     text = _OCDBT_AT.sub(lambda m: f" in {m.group(1)}", str(text))
     text = text.replace(prefix + "/", "").replace(prefix, ".")
     return _first_line(text) or type(chosen).__name__
-
-
-def _first_line(text: str, limit: int = 300) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 # ------------------------------------------------ one report per failure, not a flood

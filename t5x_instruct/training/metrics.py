@@ -7,6 +7,7 @@ thousand short lines for a long run) and event files are re-uploaded at every fl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from t5x_instruct.errors import StorageError, first_line, storage_reason
 from t5x_instruct.runtime import paths
 
 
@@ -57,6 +59,7 @@ class MetricsWriter:
             SummaryWriter = _summary_writer_class()
             paths.register_tensorboard_writers()
             self._tb = SummaryWriter(logdir=os.fspath(root / "tb"))
+            self._tb_errors = _report_event_write_errors(self._tb)
 
     def _kept_lines(self, step: int) -> list[str]:
         if not self.path.exists():
@@ -72,19 +75,46 @@ class MetricsWriter:
         record = {"step": int(step), **{k: _to_float(v) for k, v in metrics.items()}}
         if not self.enabled:
             return record
-        line = json.dumps(record) + "\n"
+        try:
+            self._append(json.dumps(record) + "\n")
+            if self._tb is not None:
+                for name, value in record.items():
+                    if name != "step":
+                        self._tb.add_scalar(name, value, global_step=step)
+                self._tb.flush()
+                if self._tb_errors:  # raised in tensorboardX's writer thread
+                    raise self._tb_errors[0]
+        except OSError as exc:  # disk full, quota...: one line, not a traceback per writer
+            self._abandon()
+            reason = storage_reason(exc) or first_line(f"{type(exc).__name__}: {exc}")
+            raise StorageError(
+                f"writing metrics to {self.path.parent} failed at step {step}: {reason}; "
+                "checkpoints already written are kept (rerun the same command to resume from "
+                "the latest one once there is space)."
+            ) from exc
+        return record
+
+    def _append(self, line: str) -> None:
         if self._file is not None:
             self._file.write(line)
             self._file.flush()
         else:
             self._lines.append(line)
             self.path.write_text("".join(self._lines), encoding="utf-8")
-        if self._tb is not None:
-            for name, value in record.items():
-                if name != "step":
-                    self._tb.add_scalar(name, value, global_step=step)
-            self._tb.flush()
-        return record
+
+    def _abandon(self) -> None:
+        """Drop the writers after a storage failure without flushing again: tensorboardX's
+        exit hook would otherwise retry the flush and print the same error once more."""
+        for file_writer in (getattr(self._tb, "all_writers", None) or {}).values():
+            events = file_writer.event_writer
+            if not events._closed:
+                events._worker.stop()  # drains its queue (failures recorded), then joins
+                events._closed = True  # its close() and atexit hook: no-op, no second flush
+        self._tb = None
+        if self._file is not None:
+            with contextlib.suppress(OSError):  # its buffered line is lost with the disk
+                self._file.close()
+            self._file = None
 
     def close(self) -> None:
         if self._file is not None:
@@ -96,6 +126,33 @@ class MetricsWriter:
 def read_metrics(model_dir: str) -> list[dict[str, float]]:
     text = paths.read_text(paths.resolve(model_dir, what="MODEL_DIR") / "metrics.jsonl")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _report_event_write_errors(writer: Any) -> list[OSError]:
+    """Failed event writes of tensorboardX's background thread, kept for the caller.
+
+    tensorboardX writes and flushes events from a daemon thread, where a full disk would end
+    the thread with a traceback on stderr and the caller would never know; its writes and
+    flushes now record the error instead, and :meth:`MetricsWriter.write` raises it.
+    """
+    errors: list[OSError] = []
+    file_writer = writer._get_file_writer()  # created lazily otherwise, racing the thread
+    events = file_writer.event_writer._ev_writer
+
+    def guard(method: Any) -> Any:
+        def guarded(*args: Any) -> Any:
+            try:
+                return method(*args)
+            except OSError as exc:
+                errors.append(exc)
+                return None
+
+        return guarded
+
+    # Both run in the thread (write, and a flush every flush_secs) and flush also in ours.
+    events._write_serialized_event = guard(events._write_serialized_event)
+    events.flush = guard(events.flush)
+    return errors
 
 
 def _summary_writer_class() -> type:
