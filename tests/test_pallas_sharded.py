@@ -277,3 +277,39 @@ def test_layout_plan_from_rules() -> None:
         mesh, partitioning.fsdp_rules(), batch=8, num_heads=8, num_kv_heads=8
     )
     assert fsdp == (("data", "fsdp"), (), "split")
+
+
+def test_evaluator_decodes_through_sharded_kernels() -> None:
+    """Evaluation traces under the run's axis rules, as training does: greedy decoding of a
+    GQA decoder on the tensor layout runs the Pallas kernels inside ``shard_map`` (prefill:
+    flash, then the decode kernel) and yields the one-device XLA evaluator's tokens and
+    sequence scores."""
+    from t5x_instruct.training.evaluation import GreedyEvaluator
+
+    mesh_config, make_rules = LAYOUTS["tensor"]
+    mesh, rules = partitioning.create_mesh(mesh_config), make_rules()
+    host_params = _random_params(_spec("decoder", "xla"))
+    inputs = np.random.default_rng(3).integers(2, 64, size=(BATCH, 6)).astype(np.int32)
+    inputs[::2, 4:] = 0  # ragged prompts
+
+    def evaluator(impl: str, **where) -> GreedyEvaluator:
+        return GreedyEvaluator(
+            _spec("decoder", impl),
+            encoder_decoder=False,
+            prefix_lm=True,
+            batch_size=BATCH,
+            input_length=6,
+            max_decode_length=5,
+            eos_id=1,
+            **where,
+        )
+
+    ref_tokens, ref_scores = evaluator("xla").decode_array(host_params, inputs)
+    sharded = evaluator("pallas", mesh=mesh, rules=rules)
+    params = jax.device_put(host_params, _spec("decoder", "pallas").param_shardings(mesh, rules))
+    batch = sharded.place(sharded.model_batch(inputs))
+    text = sharded._decode._jitted.lower(params, batch, sharded._rng).as_text()
+    assert "manual_computation" in text or "SPMDFullToShardShape" in text
+    tokens, scores = sharded.decode_array(params, inputs)
+    np.testing.assert_array_equal(tokens, ref_tokens)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)

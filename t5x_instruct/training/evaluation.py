@@ -17,7 +17,8 @@ them (importing the data layer lazily), so nothing here imports SeqIO or TensorF
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import gin
@@ -179,6 +180,7 @@ class GreedyEvaluator:
 
         # Replicated outputs: readable on every process, even when the inputs are split.
         gathered = {} if mesh is None else {"out_shardings": NamedSharding(mesh, PartitionSpec())}
+        decode, score = self._under_rules(decode), self._under_rules(score)
         self._decode = lockstep.CompiledTogether(jax.jit(decode, **gathered), "decode")
         self._score = lockstep.CompiledTogether(jax.jit(score, **gathered), "score")
         if decode_fn is not None:
@@ -186,6 +188,22 @@ class GreedyEvaluator:
             # not at the first evaluation hours into a run.
             dummy = self.model_batch(np.zeros((batch_size, input_length), np.int32))
             jax.eval_shape(decode, spec.abstract_params(), dummy, self._rng)
+
+    def _under_rules(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` traced under the run's logical axis rules, as the train step is: activations
+        keep the training layout and Pallas kernels ``shard_map`` themselves over it. Not when
+        the batch does not split over the batch axes (it is then replicated, see
+        :meth:`place`)."""
+        mesh, rules = self._mesh, self._rules
+        if mesh is None or self.batch_size % _batch_shards(mesh, rules):
+            return fn
+
+        @functools.wraps(fn)
+        def traced(*args: Any) -> Any:
+            with partitioning.axis_rules(mesh, rules):
+                return fn(*args)
+
+        return traced
 
     def place(self, batch: Mapping[str, np.ndarray]) -> Any:
         """A host batch (the same on every process) as arrays split over the mesh's batch
