@@ -51,6 +51,7 @@ from t5x_instruct.errors import UserInputError  # noqa: E402
 from t5x_instruct.inference.model_setup import train_binding  # noqa: E402
 from t5x_instruct.models import build_model, model_family  # noqa: E402
 from t5x_instruct.plugins.plugin_set import PluginSet  # noqa: E402
+from t5x_instruct.training import compiled_stats  # noqa: E402
 from t5x_instruct.training.optimizers import learning_rate_schedule, make_optimizer  # noqa: E402
 from t5x_instruct.training.state_init import make_layout  # noqa: E402
 from t5x_instruct.training.step import LossConfig, train_step  # noqa: E402
@@ -174,24 +175,23 @@ def abstract_batch(
 
 
 def memory_report(compiled: Any, hbm_gib_per_device: float) -> dict[str, Any]:
-    """Per-device bytes from XLA's memory analysis; total = args + temps + outputs - aliased."""
-    stats = compiled.memory_analysis()
+    """Per-device bytes from XLA's memory analysis (total = args + temps + outputs -
+    aliased + code, :class:`compiled_stats.CompiledMemory`) and whether they fit HBM."""
+    memory = compiled_stats.memory_analysis(compiled)
+    if memory is None:
+        raise RuntimeError("XLA gave no memory analysis for this compiled program.")
     parts = {
-        "arguments": stats.argument_size_in_bytes,
-        "temporaries": stats.temp_size_in_bytes,
-        "outputs": stats.output_size_in_bytes,
-        "aliased": stats.alias_size_in_bytes,
-        "code": stats.generated_code_size_in_bytes,
+        "arguments": memory.argument,
+        "temporaries": memory.temp,
+        "outputs": memory.output,
+        "aliased": memory.alias,
+        "code": memory.generated_code,
     }
-    total = (
-        parts["arguments"] + parts["temporaries"] + parts["outputs"] - parts["aliased"]
-        + parts["code"]
-    )  # fmt: skip
     out: dict[str, Any] = {f"{k}_gib": round(v / GIB, 3) for k, v in parts.items()}
-    out["total_gib"] = round(total / GIB, 3)
-    out["bytes"] = {**parts, "total": total}
+    out["total_gib"] = round(memory.total / GIB, 3)
+    out["bytes"] = {**parts, "total": memory.total}
     out["hbm_gib"] = hbm_gib_per_device
-    out["fits"] = total <= hbm_gib_per_device * GIB
+    out["fits"] = memory.total <= hbm_gib_per_device * GIB
     return out
 
 
