@@ -127,3 +127,28 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, SyntaxError) and exc.filename is not None:
         return f"{exc.msg} (in {exc.filename!r}, line {exc.lineno}: {(exc.text or '').strip()!r})"
     return f"{type(exc).__name__}: {exc}"
+
+
+def operative_config_text() -> str:
+    """``gin.operative_config_str()`` that parses back in a fresh process: ``import`` lines
+    added for every module defining a configurable it binds.
+
+    Gin writes imports only for modules its parsed files imported; a configurable registered
+    by a Python import (``import_task_modules.modules = ['tasks.custom']`` registers
+    ``register_jsonl_tasks``) would otherwise be unknown when the file is read back.
+    """
+    import gin.config as gin_config
+
+    text = gin.operative_config_str()
+    modules = set()
+    for _, selector in getattr(gin_config, "_OPERATIVE_CONFIG", {}):
+        try:
+            configurable = gin_config._REGISTRY.get_match(selector)
+        except Exception:  # a macro or an unregistered selector: nothing to import
+            continue
+        module = getattr(getattr(configurable, "wrapped", None), "__module__", None)
+        if module and module != "__main__" and f"import {module}\n" not in text:
+            modules.add(module)
+    if not modules:
+        return text
+    return "".join(f"import {m}\n" for m in sorted(modules)) + text

@@ -13,7 +13,9 @@ drills that stop before training call the CLI entry in-process.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import gc
 import logging
 import os
 import re
@@ -334,3 +336,32 @@ def test_the_writability_probe_on_an_object_store_leaves_nothing() -> None:
     with fake_gcs():
         ckpt_lib.check_writable("gs://bucket/runs/a")
         assert objects() == {}
+
+
+def _abandon_a_failed_read() -> None:
+    """What TensorStore leaves when one of a step's reads fails: other failed read tasks
+    nobody awaits (asyncio logs each with a traceback once it is garbage-collected)."""
+
+    async def read() -> None:
+        raise ValueError("DATA_LOSS: Error reading shard: truncated")
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(read())
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    del task  # unreferenced and never awaited
+
+
+def test_abandoned_failed_reads_are_not_logged_while_a_checkpoint_is_tested(caplog) -> None:
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        _abandon_a_failed_read()
+        gc.collect()
+    assert [r.getMessage().splitlines()[0] for r in caplog.records] == [
+        "Task exception was never retrieved"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        with ckpt_lib.read_failures_reported_once():
+            _abandon_a_failed_read()
+        gc.collect()
+    assert caplog.records == []

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from flax import nnx
 from t5x_instruct import partitioning
 from t5x_instruct.gin_utils import GIN_DIR, GinConfigError, parse_gin
 from t5x_instruct.models import DecoderConfig, T5Config, build_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Published shapes: (emb_dim, mlp_dim, head_dim, num_heads, encoder layers, decoder layers).
 T5_SHAPES = {
@@ -248,3 +252,26 @@ def test_relative_bias_distance_must_exceed_exact_buckets() -> None:
     with pytest.raises(ValueError, match="relative_attention_max_distance=16 must exceed"):
         T5Config(relative_attention_num_buckets=32, relative_attention_max_distance=16)
     assert T5Config(relative_attention_num_buckets=32, relative_attention_max_distance=17)
+
+
+def test_operative_config_parses_back_in_a_fresh_process(tmp_path: Path) -> None:
+    """A configurable registered by a Python import (not by a gin file's ``import``) still
+    parses back from the written config: the module is imported first."""
+    from t5x_instruct.gin_utils import operative_config_text
+    from t5x_instruct.training.optimizers import learning_rate_schedule
+
+    parse_gin(bindings=["learning_rate_schedule.base_learning_rate = 0.25"], clear=True)
+    learning_rate_schedule()
+    text = operative_config_text()
+    assert text.startswith("import t5x_instruct.training.optimizers\n")
+    (tmp_path / "config.gin").write_text(text)
+    read_back = (
+        "import gin; from t5x_instruct.gin_utils import parse_gin; "
+        f"parse_gin([{str(tmp_path / 'config.gin')!r}]); "
+        "print(gin.query_parameter('learning_rate_schedule.base_learning_rate'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", read_back], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "0.25"

@@ -29,6 +29,7 @@ import gin
 
 from t5x_instruct import partitioning
 from t5x_instruct.errors import UserInputError
+from t5x_instruct.gin_utils import operative_config_text
 from t5x_instruct.inference.files import atomic_write_text, write_json, write_jsonl
 from t5x_instruct.inference.model_setup import (
     is_writer,
@@ -155,7 +156,7 @@ def evaluate(
             writer.write(step, flat_metrics(summary))
             write_json(step_file(out, step), record)  # last: marks the step done
             if number == 0:  # gin has now seen every configurable the evaluation calls
-                atomic_write_text(paths.join(out, "config.gin"), gin.operative_config_str())
+                atomic_write_text(paths.join(out, "config.gin"), operative_config_text())
     finally:
         if writer is not None:
             writer.close()

@@ -21,13 +21,15 @@ is described in a few words (:func:`describe_failure`) and set aside, never dele
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import re
 import sys
 import traceback
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 import jax
@@ -338,6 +340,29 @@ class _DropReportedFailures(logging.Filter):
             return True
         exc = record.exc_info[1]
         return exc is None or (storage_reason(exc) is None and not _is_closed_loop_noise(exc))
+
+
+class _DropErrorTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or not record.exc_info
+
+
+@contextlib.contextmanager
+def read_failures_reported_once() -> Iterator[None]:
+    """Around reading a checkpoint that may be damaged. One failed read leaves TensorStore's
+    other reads of that step as unretrieved asyncio tasks, each logged with a traceback
+    whenever the garbage collector meets it; the caller reports the damage once itself.
+    Collected here, inside the filter, so none is logged later."""
+    quiet = _DropErrorTracebacks()
+    loggers = [logging.getLogger(name) for name in ("asyncio", "absl")]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        gc.collect()
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 _QUIETED = False

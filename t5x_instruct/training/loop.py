@@ -22,7 +22,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from t5x_instruct import partitioning
+from t5x_instruct import gin_utils, partitioning
 from t5x_instruct.errors import UserInputError
 from t5x_instruct.models import build_model, model_family
 from t5x_instruct.plugins.base import Action, CheckpointContext, EvalContext, Plugin
@@ -392,7 +392,7 @@ def _write_operative_config(model_dir: str) -> None:
     """
     if jax.process_index() != 0:
         return
-    paths.write_text_atomic(paths.join(model_dir, "config.gin"), gin.operative_config_str())
+    paths.write_text_atomic(paths.join(model_dir, "config.gin"), gin_utils.operative_config_text())
 
 
 def _final_eval_split(available: set[str], requested: str, validation: str) -> str | None:

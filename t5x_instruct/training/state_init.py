@@ -133,7 +133,8 @@ def _restore_newest_intact(
                     continue  # a conversion's parameters: a warm start, not a resume
                 problem = checkpointer.missing_items(step)
             if problem is None:
-                restored = _restore_step(layout, checkpointer, step)
+                with ckpt_lib.read_failures_reported_once():
+                    restored = _restore_step(layout, checkpointer, step)
         except UserInputError:
             raise
         except Exception as exc:
