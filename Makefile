@@ -5,9 +5,12 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= /tmp/t5x_instruct_quickstart
 RUN_GIN ?= gin/runs/quickstart.gin
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (one per core; `--dist loadfile` keeps a file's tests,
+# and the module-scoped training runs they share, on one worker). 0 runs in-process.
+PYTEST_WORKERS ?= auto
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test lint quickstart adapt-demo distill-demo ablate-demo bench clean
+.PHONY: setup test test-next lint quickstart adapt-demo distill-demo ablate-demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +31,43 @@ lint: setup
 
 test: setup lint
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
-		$(PY) -m pytest -q $(PYTEST_ARGS)
+		$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# Second CI environment: the next Python / JAX generation (the GPU machines' Python 3.12 and
+# jax 0.11), core only. It installs pyproject's dependencies without TensorFlow/seqio/TFDS and
+# without torch/transformers (tools/core_requirements.py; PyPI's torch is a multi-GB CUDA build
+# for this Python), and each test that imports one of them is skipped there with a reason
+# naming this environment. `--core-selection` runs the tests listed in
+# tests/helpers/core_only.py: each JAX surface that changes between generations once (kernels,
+# Pallas interpret + lowering, sharded Pallas, partitioning, models, train step, checkpoints,
+# decoding, plug-ins, TPU AOT), a few minutes; `make test-next NEXT_PYTEST_ARGS=` runs every
+# TF-free test (~36 min on 2 loaded cores).
+NEXT_PYTEST_ARGS ?= --core-selection
+NEXT_PYTHON_VERSION ?= 3.12
+NEXT_JAX_SPEC ?= jax[tpu]==0.11.2
+NEXT_VENV ?= .venv312
+NEXT_PY := $(NEXT_VENV)/bin/python
+# pyenv's 3.12.x (found in its versions folder, so pyenv need not be on PATH), else python3.12.
+PYENV_VERSIONS := $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions
+NEXT_PYTHON ?= $(or $(lastword $(sort $(wildcard $(PYENV_VERSIONS)/$(NEXT_PYTHON_VERSION).[0-9]*/bin/python))),$(shell command -v python$(NEXT_PYTHON_VERSION)))
+
+$(NEXT_VENV)/.installed: pyproject.toml tools/core_requirements.py
+	@if [ -z "$(NEXT_PYTHON)" ]; then \
+		echo "make test-next: no Python $(NEXT_PYTHON_VERSION) found (neither pyenv nor" \
+			"python$(NEXT_PYTHON_VERSION) on PATH). Install one (pyenv install $(NEXT_PYTHON_VERSION)" \
+			"/ apt-get install python$(NEXT_PYTHON_VERSION)-venv) or pass NEXT_PYTHON=/path/to/python." >&2; \
+		exit 1; fi
+	$(NEXT_PYTHON) -m venv $(NEXT_VENV)
+	$(NEXT_PY) -m pip install -q --upgrade "pip>=24"
+	$(NEXT_PY) tools/core_requirements.py --jax "$(NEXT_JAX_SPEC)" > $(NEXT_VENV)/core-requirements.txt
+	$(NEXT_PY) -m pip install -q -r $(NEXT_VENV)/core-requirements.txt
+	$(NEXT_PY) -m pip install -q --no-deps -e .
+	touch $@
+
+test-next: $(NEXT_VENV)/.installed
+	$(NEXT_PY) -c "import jax, sys; print('test-next: Python', sys.version.split()[0], 'jax', jax.__version__)"
+	T5X_INSTRUCT_CORE_TESTS_ONLY=1 XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+		JAX_PLATFORMS=cpu $(NEXT_PY) -m pytest -q $(NEXT_PYTEST_ARGS)
 
 quickstart: setup
 	JAX_PLATFORMS=cpu $(PY) -m t5x_instruct.train \
@@ -55,4 +94,4 @@ ablate-demo: setup
 		$(ABLATE_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(NEXT_VENV) .pytest_cache .ruff_cache

@@ -28,6 +28,7 @@ CONFIGURABLE_MODULES: tuple[str, ...] = (
     "t5x_instruct.partitioning",
     "t5x_instruct.decoding",
     "t5x_instruct.plugins.library",
+    "t5x_instruct.runtime.distributed",
 )
 
 _added_search_paths: set[str] = set()
@@ -91,20 +92,26 @@ def parse_gin(
         gin.finalize()
 
 
+# What gin's package-resource reader logs for every file it looks up (one line per gin file
+# and include, plus an error for each search-path miss): noise to a user.
+_GIN_LOOKUP_MESSAGES = ("Path not found", "system_path_file_exists", "gin-config opened resource")
+
+
 class _DropMissingResourceErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not (
             record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
-            and record.getMessage().startswith("Path not found")
+            and record.getMessage().startswith(_GIN_LOOKUP_MESSAGES)
         )
 
 
 @contextlib.contextmanager
 def _quiet_resource_lookups() -> Iterator[None]:
-    """Silence gin's "Path not found" errors while it tries each search path in turn.
+    """Silence gin's file-lookup lines while it tries each search path in turn.
 
-    Gin also tries to read every relative path as a Python-package resource and logs an
-    error at each miss, even when the file is then found under ``gin/``.
+    Gin tries to read every relative path as a Python-package resource, logging each lookup
+    (``system_path_file_exists:...``) and an error at each miss, even when the file is then
+    found under ``gin/``.
     """
     root = logging.getLogger()
     log_filter = _DropMissingResourceErrors()
@@ -120,3 +127,28 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, SyntaxError) and exc.filename is not None:
         return f"{exc.msg} (in {exc.filename!r}, line {exc.lineno}: {(exc.text or '').strip()!r})"
     return f"{type(exc).__name__}: {exc}"
+
+
+def operative_config_text() -> str:
+    """``gin.operative_config_str()`` that parses back in a fresh process: ``import`` lines
+    added for every module defining a configurable it binds.
+
+    Gin writes imports only for modules its parsed files imported; a configurable registered
+    by a Python import (``import_task_modules.modules = ['tasks.custom']`` registers
+    ``register_jsonl_tasks``) would otherwise be unknown when the file is read back.
+    """
+    import gin.config as gin_config
+
+    text = gin.operative_config_str()
+    modules = set()
+    for _, selector in getattr(gin_config, "_OPERATIVE_CONFIG", {}):
+        try:
+            configurable = gin_config._REGISTRY.get_match(selector)
+        except Exception:  # a macro or an unregistered selector: nothing to import
+            continue
+        module = getattr(getattr(configurable, "wrapped", None), "__module__", None)
+        if module and module != "__main__" and f"import {module}\n" not in text:
+            modules.add(module)
+    if not modules:
+        return text
+    return "".join(f"import {m}\n" for m in sorted(modules)) + text

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,6 +22,10 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from t5x_instruct.config_validation import check_field_types
+
+log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXES_KEY = "logical_axes"
@@ -155,6 +160,9 @@ class MeshConfig:
     dcn_tensor: int = 1
     axis_type: str = "auto"
 
+    def __post_init__(self) -> None:
+        check_field_types(self)  # `MeshConfig.fsdp='8'` → one error naming the binding
+
     def shape(self, num_devices: int) -> tuple[int, int, int]:
         ici = [self.data, self.fsdp, self.tensor]
         dcn = [self.dcn_data, self.dcn_fsdp, self.dcn_tensor]
@@ -173,9 +181,13 @@ class MeshConfig:
                 )
             ici[ici.index(-1)] = per_slice // known
         if math.prod(ici) != per_slice:
-            raise ValueError(
+            from t5x_instruct.errors import UserInputError
+
+            raise UserInputError(
                 f"MeshConfig(data={ici[0]}, fsdp={ici[1]}, tensor={ici[2]}) needs "
-                f"{math.prod(ici) * total_dcn} devices but {num_devices} are available."
+                f"{math.prod(ici) * total_dcn} devices but {num_devices} are available (on "
+                "several hosts: every process's devices together); set --gin.MeshConfig.* so "
+                "the product matches, or one of them to -1."
             )
         return tuple(i * d for i, d in zip(ici, dcn))  # type: ignore[return-value]
 
@@ -225,12 +237,50 @@ def logical_partition_specs(state: Any) -> Any:
     )
 
 
+def fit_to_shape(
+    spec: PartitionSpec,
+    shape: Sequence[int],
+    mesh: Mesh,
+    logical_axes: Sequence[str | None] | None = None,
+) -> PartitionSpec:
+    """``spec`` with every dimension its mesh axes do not divide replicated instead.
+
+    E.g. a GQA model's 4 KV heads on ``tensor=8``: the KV projections and K/V activations
+    keep the whole KV-head dimension on every tensor shard (the query heads stay split; the
+    attention kernels slice the KV head each query shard needs). Logged once per case.
+    """
+    entries = list(spec) + [None] * (len(shape) - len(spec))
+    fitted = []
+    for dim, (size, axes) in enumerate(zip(shape, entries)):
+        flat = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        ways = math.prod(mesh.shape[a] for a in flat)
+        if ways > 1 and size % ways:
+            name = logical_axes[dim] if logical_axes else f"dimension {dim}"
+            key = (name, size, flat)
+            if key not in _replicated_warned:
+                _replicated_warned.add(key)
+                log.warning(
+                    "Logical axis %r of size %d does not split %d ways over mesh axes %s: "
+                    "replicated instead (shape %s).", name, size, ways, flat, tuple(shape),
+                )  # fmt: skip
+            axes = None
+        fitted.append(axes)
+    return PartitionSpec(*fitted)
+
+
+_replicated_warned: set[tuple] = set()
+
+
 def state_shardings(state: Any, mesh: Mesh, rules: AxisRules) -> Any:
-    """NamedShardings for an nnx State (same tree, Variables replaced by their sharding)."""
+    """NamedShardings for an nnx State (same tree, Variables replaced by their sharding);
+    dimensions their mesh axes do not divide are replicated (:func:`fit_to_shape`)."""
 
     def to_sharding(v: Any) -> NamedSharding:
         axes = param_logical_axes(v) if _is_variable(v) else (None,) * np.ndim(v)
-        return NamedSharding(mesh, logical_to_mesh_axes(axes, rules))
+        spec = logical_to_mesh_axes(axes, rules)
+        value = v.get_value() if _is_variable(v) else v
+        shape = tuple(getattr(value, "shape", np.shape(value)))
+        return NamedSharding(mesh, fit_to_shape(spec, shape, mesh, axes))
 
     return jax.tree.map(to_sharding, state, is_leaf=_is_variable)
 
@@ -268,11 +318,19 @@ def axis_rules(mesh: Mesh, rules: AxisRules) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
+def active_axis_rules() -> tuple[Mesh, tuple] | None:
+    """``(mesh, rules)`` of the enclosing :func:`axis_rules`, else None.
+
+    Pallas kernels read it to ``shard_map`` themselves over the layout being traced.
+    """
+    return _ACTIVE.get()
+
+
 def with_logical_constraint(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """``with_sharding_constraint`` by logical names; a no-op outside :func:`axis_rules`."""
     active = _ACTIVE.get()
     if active is None:
         return x
     mesh, rules = active
-    spec = logical_to_mesh_axes(logical_axes, rules)
+    spec = fit_to_shape(logical_to_mesh_axes(logical_axes, rules), x.shape, mesh, logical_axes)
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

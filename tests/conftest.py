@@ -21,6 +21,24 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import gin
 import pytest
+from helpers import core_only
+
+# `make test-next`: the core on the next Python / JAX generation (tests/helpers/core_only.py).
+if os.environ.get(core_only.FLAG) == "1":
+    core_only.install_skip_finder()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--core-selection",
+        action="store_true",
+        help="run only the tests of tests/helpers/core_only.py SELECTION (make test-next)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--core-selection"):
+        core_only.apply_selection(config, items)
 
 
 @pytest.fixture(autouse=True)

@@ -14,9 +14,7 @@ import gin
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
-from helpers.hf_models import convert, tiny_hf_t5, torch_ints
 from helpers.models import build, forward, greedy, tiny_decoder_config, tiny_t5_config
 
 from t5x_instruct.decoding import beam_search
@@ -165,7 +163,12 @@ def test_decoder_mixed_prompt_lengths_beam_like_each_alone(prefix_lm: bool) -> N
 # ----------------------------------------------------------------------------- Hugging Face
 
 
+# torch / transformers are imported where used: the core-only run (`make test-next`) has
+# neither and skips just the Hugging Face comparisons.
 def _hf_beams(hf, enc: np.ndarray, *, beams: int, steps: int, **kwargs) -> tuple:
+    import torch
+    from helpers.hf_models import torch_ints
+
     with torch.no_grad():
         out = hf.generate(
             input_ids=torch_ints(enc),
@@ -190,6 +193,8 @@ def _hf_beams(hf, enc: np.ndarray, *, beams: int, steps: int, **kwargs) -> tuple
 
 
 def _hf_t5_case(seed: int) -> tuple:
+    from helpers.hf_models import convert, tiny_hf_t5
+
     # HF generate sizes its KV cache by the encoder depth, so keep both stacks equally deep.
     hf = tiny_hf_t5(tie_word_embeddings=False, seed=seed, num_decoder_layers=2)
     rng = np.random.RandomState(seed)

@@ -35,7 +35,7 @@ def test_unknown_task_suggests_close_names(capsys, tmp_path) -> None:
 
 def test_missing_required_macro_is_named(capsys) -> None:
     argv = [
-        "--gin_file=gin/models/t5_1_1/tiny.gin",
+        "--gin_file=gin/models/t5_1_1/mini.gin",
         "--gin_file=gin/runs/finetune.gin",
         "--gin.MIXTURE_OR_TASK_NAME=demo_instructions",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 8}",

@@ -110,14 +110,14 @@ def test_bad_input_gives_one_line_and_status_2(tmp_path, tool, capsys) -> None:
     assert "nope does not exist" in err
     # The tiny preset is wider than this checkpoint: the parameters that differ are named.
     argv = ["hf-to-ours", "--input", hf_dir, "--output", out]
-    err = _error(tool, capsys, [*argv, "--gin_file", "gin/models/t5_1_1/tiny.gin"])
+    err = _error(tool, capsys, [*argv, "--gin_file", "gin/models/t5_1_1/mini.gin"])
     assert "shared.weight: checkpoint [64, 32] vs model [32128, 64]" in err
     assert "decoder.block.2.* (14)" in err  # the layer the preset lacks
     err = _error(tool, capsys, [*argv, "--gin_file", "gin/models/t5_1_1/nope.gin"])
     assert "nope.gin" in err
     assert "need a --gin_file" in _error(tool, capsys, [*argv, "--gin.T5Config.emb_dim=8"])
     err = _error(
-        tool, capsys, [*argv, "--gin_file", "models/t5_1_1/tiny.gin", "--gin.T5Config.emb_dim"]
+        tool, capsys, [*argv, "--gin_file", "models/t5_1_1/mini.gin", "--gin.T5Config.emb_dim"]
     )
     assert "Malformed gin binding" in err
     err = _error(tool, capsys, ["t5x-to-ours", "--input", hf_dir, "--output", out])
@@ -129,7 +129,7 @@ def test_bad_input_gives_one_line_and_status_2(tmp_path, tool, capsys) -> None:
         "--output",
         out,
         "--gin_file",
-        "models/t5_1_1/tiny.gin",
+        "models/t5_1_1/mini.gin",
     ]
     assert "holds no T5X checkpoint" in _error(tool, capsys, t5x)
     to_hf = [
@@ -139,7 +139,7 @@ def test_bad_input_gives_one_line_and_status_2(tmp_path, tool, capsys) -> None:
         "--output",
         out,
         "--gin_file",
-        "models/t5_1_1/tiny.gin",
+        "models/t5_1_1/mini.gin",
     ]
     assert "holds no t5x_instruct checkpoint" in _error(tool, capsys, to_hf)
     empty = tmp_path / "empty"
@@ -153,6 +153,6 @@ def test_bad_input_gives_one_line_and_status_2(tmp_path, tool, capsys) -> None:
         "--output",
         hf_dir,
         "--gin_file",
-        "models/t5_1_1/tiny.gin",
+        "models/t5_1_1/mini.gin",
     ]
     assert "already holds config.json" in _error(tool, capsys, taken)

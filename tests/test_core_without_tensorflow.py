@@ -80,7 +80,7 @@ _CHILD = textwrap.dedent(
     def forward(graphdef, state, batch):
         return nnx.merge(graphdef, state).logits_from_batch(batch)
 
-    for preset in ("models/t5_1_1/tiny.gin", "models/decoder/tiny.gin"):
+    for preset in ("models/t5_1_1/mini.gin", "models/decoder/tiny.gin"):
         parse_gin([preset], clear=True)
         graphdef, state = nnx.split(build_model())
         tokens = jnp.array([[5, 6, 7, 1, 0, 0]], jnp.int32)

@@ -257,7 +257,7 @@ def test_gin_file_scopes_the_teacher_apart_from_the_student() -> None:
     from t5x_instruct.gin_utils import parse_gin
 
     parse_gin(
-        ["models/t5_1_1/tiny.gin", "plugins/distillation.gin"],  # no run file: no data
+        ["models/t5_1_1/mini.gin", "plugins/distillation.gin"],  # no run file: no data
         ["T5Config.emb_dim = 64", "T5Config.head_dim = 16", "KD_DIVERGENCE = 'jsd'",
          "TEACHER_CHECKPOINT = '/tmp/teacher'", "SCAN_LAYERS = True"],
         clear=True,

@@ -191,6 +191,6 @@ def test_eval_unknown_split_and_missing_macro_are_one_line(run_dir, capsys) -> N
     assert eval_cli.main([*_eval_args(run_dir, run_dir / "x"), "--gin.evaluate.split='dev'"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "'dev'" in err and "evaluate.split" in err
-    assert eval_cli.main(["--gin_file=gin/models/t5_1_1/tiny.gin"]) == 2
+    assert eval_cli.main(["--gin_file=gin/models/t5_1_1/mini.gin"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "MODEL_DIR" in err and "MIXTURE_OR_TASK_NAME" in err and "TASK_FEATURE_LENGTHS" in err

@@ -163,7 +163,7 @@ def _bench_tool():
 def test_bench_train_reports_costs_memory_and_mfu(tmp_path) -> None:
     tool = _bench_tool()
     out_file = tmp_path / "bench.jsonl"
-    tool.main(["--gin_file=gin/models/t5_1_1/tiny.gin", "--gin=T5Config.vocab_size = 256",
+    tool.main(["--gin_file=gin/models/t5_1_1/mini.gin", "--gin=T5Config.vocab_size = 256",
                "--gin=T5Config.num_encoder_layers = 1", "--gin=T5Config.num_decoder_layers = 1",
                "--batch_size=8", "--inputs_length=16", "--targets_length=8", "--steps=1",
                "--optimizer=adamw", "--peak_tflops=2.0", f"--output={out_file}"])  # fmt: skip

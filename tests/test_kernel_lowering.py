@@ -83,8 +83,21 @@ def verified_triton(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return names
 
 
+# The Triton lowering needs the target GPU's compute capability. Without a GPU attached, JAX
+# 0.10 assumed sm_90; JAX 0.11 reads the device kind of the abstract mesh in context and fails
+# without one ("No supported GPU devices found"). Both lower for an H200 (sm_90) here.
+_ABSTRACT_H200_MESH = jax.sharding.AbstractMesh(
+    (1,),
+    ("gpu",),
+    abstract_device=jax.sharding.AbstractDevice(
+        device_kind="NVIDIA H200", num_cores=132, platform="gpu"
+    ),
+)
+
+
 def _lower_for_cuda(fn, args) -> str:
-    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    with jax.sharding.use_abstract_mesh(_ABSTRACT_H200_MESH):
+        return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
 def _triton_calls(text: str) -> list[str]:

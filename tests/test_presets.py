@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +23,11 @@ from t5x_instruct import partitioning
 from t5x_instruct.gin_utils import GIN_DIR, GinConfigError, parse_gin
 from t5x_instruct.models import DecoderConfig, T5Config, build_model
 
+REPO = Path(__file__).resolve().parents[1]
+
 # Published shapes: (emb_dim, mlp_dim, head_dim, num_heads, encoder layers, decoder layers).
 T5_SHAPES = {
+    "tiny": (8, 16, 3, 4, 2, 2),  # T5X's t5_1_1/tiny.gin
     "small": (512, 1024, 64, 6, 8, 8),
     "base": (768, 2048, 64, 12, 12, 12),
     "large": (1024, 2816, 64, 16, 24, 24),
@@ -94,7 +99,7 @@ def _bound_config(preset: str, bindings: tuple[str, ...] = ()) -> T5Config | Dec
 
 
 def test_every_preset_is_listed() -> None:
-    expected = {f"models/t5_1_1/{s}.gin" for s in [*T5_SHAPES, "tiny"]}
+    expected = {f"models/t5_1_1/{s}.gin" for s in [*T5_SHAPES, "mini"]}
     expected |= {f"models/decoder/{s}.gin" for s in [*DECODER_SHAPES, "tiny"]}
     assert set(PRESETS) == expected
 
@@ -151,7 +156,8 @@ def test_preset_builds_with_expected_parameter_count(preset: str) -> None:
         assert (cfg.rope_theta, cfg.norm_epsilon, cfg.mlp_activation) == (10000.0, 1e-5, "silu")
         assert not cfg.tie_embeddings
         expected = _analytic_decoder_params(cfg)
-    assert cfg.dtype == ("float32" if size == "tiny" else "bfloat16")
+    test_presets = ("models/t5_1_1/mini.gin", "models/decoder/tiny.gin")  # fp32 for CPU tests
+    assert cfg.dtype == ("float32" if preset in test_presets else "bfloat16")
     assert cfg.dropout_rate == 0.0
     assert (cfg.scan_layers, cfg.remat_policy) == (False, "none")
 
@@ -208,7 +214,7 @@ def test_later_files_override_earlier_ones(tmp_path: Path) -> None:
 
 
 def test_files_resolve_from_extra_search_paths(tmp_path: Path) -> None:
-    (tmp_path / "mine.gin").write_text("include 'models/t5_1_1/tiny.gin'\nT5Config.num_heads = 8\n")
+    (tmp_path / "mine.gin").write_text("include 'models/t5_1_1/mini.gin'\nT5Config.num_heads = 8\n")
     parse_gin(["mine.gin"], search_paths=[tmp_path], clear=True)
     cfg = gin.query_parameter("build_model.config").scoped_configurable_fn()
     assert (cfg.num_heads, cfg.emb_dim) == (8, 64)
@@ -246,3 +252,26 @@ def test_relative_bias_distance_must_exceed_exact_buckets() -> None:
     with pytest.raises(ValueError, match="relative_attention_max_distance=16 must exceed"):
         T5Config(relative_attention_num_buckets=32, relative_attention_max_distance=16)
     assert T5Config(relative_attention_num_buckets=32, relative_attention_max_distance=17)
+
+
+def test_operative_config_parses_back_in_a_fresh_process(tmp_path: Path) -> None:
+    """A configurable registered by a Python import (not by a gin file's ``import``) still
+    parses back from the written config: the module is imported first."""
+    from t5x_instruct.gin_utils import operative_config_text
+    from t5x_instruct.training.optimizers import learning_rate_schedule
+
+    parse_gin(bindings=["learning_rate_schedule.base_learning_rate = 0.25"], clear=True)
+    learning_rate_schedule()
+    text = operative_config_text()
+    assert text.startswith("import t5x_instruct.training.optimizers\n")
+    (tmp_path / "config.gin").write_text(text)
+    read_back = (
+        "import gin; from t5x_instruct.gin_utils import parse_gin; "
+        f"parse_gin([{str(tmp_path / 'config.gin')!r}]); "
+        "print(gin.query_parameter('learning_rate_schedule.base_learning_rate'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", read_back], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "0.25"

@@ -27,7 +27,7 @@ def test_run_config_parses_and_its_model_covers_the_vocabulary(run: Path) -> Non
     files: list[str | Path] = [run]
     overrides = []  # quickstarts are self-contained: model, data and steps included
     if not run.stem.startswith("quickstart"):  # generic runs take a model preset and data
-        files = ["models/t5_1_1/tiny.gin", run]
+        files = ["models/t5_1_1/mini.gin", run]
         overrides = [f"{k} = {v}" for k, v in FILLED_IN.items()]
     parse_gin(files, [*overrides, "MODEL_DIR = '/tmp/unused'"], clear=True)
     mixture = gin.query_parameter("MIXTURE_OR_TASK_NAME/macro.value")

@@ -159,3 +159,38 @@ def _logical_axes(params: nnx.State, path: tuple) -> tuple[str | None, ...]:
             break
         node = node[name]
     return partitioning.param_logical_axes(node)
+
+
+def test_kv_heads_fewer_than_tensor_shards_are_replicated(caplog) -> None:
+    """4 KV heads on ``tensor=8`` (the decoder 1b preset's case): the KV projections and K/V
+    activations keep all KV heads on every tensor shard (one warning), the query heads stay
+    split, and loss and gradients still equal the one-device step."""
+    mesh = partitioning.create_mesh(MeshConfig(data=1, tensor=8))
+    rules = partitioning.tensor_parallel_rules()
+    graphdef, params = _model("decoder")
+    partitioning._replicated_warned.clear()
+    with caplog.at_level("WARNING", logger=partitioning.__name__):
+        shardings = partitioning.state_shardings(params, mesh, rules)
+    attention = shardings["layers"]["blocks"][0]["attention"]
+    # (embed, kv_heads | heads, kv); fsdp is a size-1 axis here.
+    assert attention["key"]["kernel"].spec == P("fsdp", None, None)
+    assert attention["value"]["kernel"].spec == P("fsdp", None, None)
+    assert attention["query"]["kernel"].spec == P("fsdp", "tensor", None)
+    assert "Logical axis 'kv_heads' of size 4 does not split 8 ways" in caplog.text
+
+    host_batch = _batch("decoder")
+    batch = partitioning.shard_batch(host_batch, mesh, rules)
+    step = jax.jit(
+        jax.value_and_grad(functools.partial(_loss_fn, graphdef)),
+        in_shardings=(shardings, {k: v.sharding for k, v in batch.items()}),
+        out_shardings=(NamedSharding(mesh, P()), shardings),
+    )
+    placed = jax.device_put(params, shardings)
+    with partitioning.axis_rules(mesh, rules):
+        loss, grads = step.lower(placed, batch).compile(FAST_COMPILE)(placed, batch)
+    ref_loss, ref_grads = _single_device_reference("decoder")
+    np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-6)
+    for (path, ref), got in zip(jax.tree.leaves_with_path(ref_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(
+            np.asarray(got), ref, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path)
+        )

@@ -11,8 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-from helpers.hf_models import numpy_state_dict, tiny_hf_t5, torch_ints
 from helpers.models import forward
 from helpers.t5x_layout import (
     adafactor_states,
@@ -29,6 +27,14 @@ from t5x_instruct.training.param_checkpoints import restore_model_params
 from t5x_instruct.training.train_state import ModelSpec
 
 STEP = 1000
+
+
+def _hf():
+    """helpers.hf_models (torch, transformers): imported by the tests that use it only, so the
+    core-only run (`make test-next`) still runs the others."""
+    import helpers.hf_models
+
+    return helpers.hf_models
 
 
 def _config(*, tie: bool, scan: bool = False, **overrides) -> T5Config:
@@ -55,7 +61,7 @@ def _mesh(fsdp: int = 8) -> tuple[jax.sharding.Mesh, list]:
 
 
 def _write(tmp_path, hf, layout: str, *, tie: bool) -> str:
-    sd = numpy_state_dict(hf)
+    sd = _hf().numpy_state_dict(hf)
     target = t5x_target_from_hf(sd, encoder_layers=2, decoder_layers=3, tied=tie)
     states = adafactor_states(target)
     model_dir = tmp_path / "t5x_model"
@@ -79,6 +85,9 @@ def _batch() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _hf_logits(hf, enc: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    import torch
+
+    torch_ints = _hf().torch_ints
     with torch.no_grad():
         return hf(
             input_ids=torch_ints(enc),
@@ -97,7 +106,7 @@ def _hf_logits(hf, enc: np.ndarray, dec: np.ndarray) -> np.ndarray:
     ],
 )
 def test_t5x_checkpoint_scores_like_hf(tmp_path, layout: str, tie: bool, scan: bool) -> None:
-    hf = tiny_hf_t5(tie_word_embeddings=tie, seed=1)
+    hf = _hf().tiny_hf_t5(tie_word_embeddings=tie, seed=1)
     path = _write(tmp_path, hf, layout, tie=tie)
     spec = ModelSpec.create(lambda: build_model(_config(tie=tie, scan=scan)))
     mesh, rules = _mesh()
@@ -117,7 +126,7 @@ def test_t5x_checkpoint_scores_like_hf(tmp_path, layout: str, tie: bool, scan: b
 
 
 def test_convert_writes_params_only_checkpoint_that_restores_sharded(tmp_path) -> None:
-    hf = tiny_hf_t5(tie_word_embeddings=False, seed=2)
+    hf = _hf().tiny_hf_t5(tie_word_embeddings=False, seed=2)
     path = _write(tmp_path, hf, "msgpack", tie=False)
     spec = ModelSpec.create(lambda: build_model(_config(tie=False)))
     mesh, rules = _mesh()
@@ -133,9 +142,9 @@ def test_convert_writes_params_only_checkpoint_that_restores_sharded(tmp_path) -
 
 def test_orbax_aggregate_file_layout_reads_the_stored_arrays(tmp_path) -> None:
     """``state/checkpoint`` with placeholder leaves (older orbax): arrays land unchanged."""
-    hf = tiny_hf_t5(tie_word_embeddings=False, seed=4)
+    hf = _hf().tiny_hf_t5(tie_word_embeddings=False, seed=4)
     target = t5x_target_from_hf(
-        numpy_state_dict(hf), encoder_layers=2, decoder_layers=3, tied=False
+        _hf().numpy_state_dict(hf), encoder_layers=2, decoder_layers=3, tied=False
     )
     ckpt_dir = str(tmp_path / "checkpoint_7")
     write_msgpack_checkpoint(
@@ -161,7 +170,7 @@ def test_orbax_aggregate_file_layout_reads_the_stored_arrays(tmp_path) -> None:
 
 
 def test_other_architecture_names_the_mismatching_parameters(tmp_path) -> None:
-    hf = tiny_hf_t5(tie_word_embeddings=False, seed=3)
+    hf = _hf().tiny_hf_t5(tie_word_embeddings=False, seed=3)
     path = _write(tmp_path, hf, "msgpack", tie=False)
     mesh, rules = _mesh()
     # Two decoder layers and a tied output layer, where the checkpoint has three and a dense.

@@ -80,7 +80,7 @@ def test_rms_norm_is_float32_with_eps_1e6_like_t5x_layernorm() -> None:
 def test_t5_preset_structure_matches_t5x() -> None:
     """No runtime 1/sqrt(d) (folded into the query init), one table per stack, untied dense."""
     # The shared T5 v1.1 architecture file, at the tiny preset's size (fast to initialise).
-    parse_gin(["gin/models/t5_1_1/tiny.gin"], ["T5Config.vocab_size = 128"], clear=True)
+    parse_gin(["gin/models/t5_1_1/mini.gin"], ["T5Config.vocab_size = 128"], clear=True)
     model = nnx.eval_shape(build_model)  # structure only
     assert isinstance(model, EncoderDecoder)
     attentions = [m for _, m in nnx.iter_graph(model) if isinstance(m, Attention)]

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from t5x_instruct import partitioning
 from t5x_instruct.gin_utils import parse_gin
 from t5x_instruct.models import T5Config, build_model
+from t5x_instruct.training import compiled_stats
 from t5x_instruct.training.flops import StepFlops, step_flops
 from t5x_instruct.training.optimizers import make_optimizer
 from t5x_instruct.training.step import LossConfig, train_step
@@ -164,53 +165,17 @@ def compile_step(setup: Setup) -> tuple[Any, float, float]:
 
 
 def xla_cost(compiled: Any) -> dict[str, float | None]:
-    """FLOPs, bytes accessed and transcendentals from XLA's cost analysis (None if absent).
-
-    The analysis is of the partitioned program, so the figures are per device. Older jax
-    returns a list with one dict per program, newer a dict; some backends omit keys or raise.
-    """
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:  # unsupported on this backend: report nothing
-        cost = None
-    if isinstance(cost, list | tuple):
-        cost = cost[0] if cost else None
-    cost = cost or {}
-
-    def get(key: str) -> float | None:
-        value = cost.get(key)
-        return None if value is None else float(value)
-
-    return {
-        "xla_flops_per_device": get("flops"),
-        "xla_bytes_accessed_per_device": get("bytes accessed"),
-        "xla_transcendentals_per_device": get("transcendentals"),
-    }
+    """XLA's cost analysis of the step, per device (:func:`compiled_stats.cost_analysis`)."""
+    return {f"xla_{k}_per_device": v for k, v in compiled_stats.cost_analysis(compiled).items()}
 
 
 def xla_memory(compiled: Any) -> dict[str, int | None]:
-    """Per-device buffer sizes from XLA's memory analysis; total = args + out + temp - alias.
-
-    Donated arguments that the outputs reuse count as aliased, so the total is what one step
-    holds at once, not twice the train state.
-    """
-    names = ("argument", "output", "temp", "alias", "generated_code")
-    try:
-        stats = compiled.memory_analysis()
-    except Exception:  # unsupported on this backend
-        stats = None
-    if stats is None:
-        return {f"mem_{n}_bytes": None for n in (*names, "total")}
-    out: dict[str, int | None] = {
-        f"mem_{n}_bytes": int(getattr(stats, f"{n}_size_in_bytes", 0)) for n in names
-    }
-    out["mem_total_bytes"] = (
-        out["mem_argument_bytes"]
-        + out["mem_output_bytes"]
-        + out["mem_temp_bytes"]
-        - out["mem_alias_bytes"]
-    )
-    return out
+    """Per-device buffer bytes; total = args + out + temp - alias + code
+    (:class:`compiled_stats.CompiledMemory`)."""
+    memory = compiled_stats.memory_analysis(compiled)
+    names = [f.name for f in dataclasses.fields(compiled_stats.CompiledMemory)] + ["total"]
+    values = memory.as_dict() if memory else dict.fromkeys(names)
+    return {f"mem_{n}_bytes": values[n] for n in names}
 
 
 def tree_bytes(tree: Any) -> int:

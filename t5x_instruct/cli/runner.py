@@ -23,6 +23,9 @@ def setup_process() -> None:
     # `tasks/` (SeqIO registrations) lives beside the package; gin files import from it.
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
+    from t5x_instruct.cli.quiet import quiet_startup
+
+    quiet_startup()  # TensorFlow's C++ start-up lines filtered (it is imported here)
 
 
 def run_gin_command(
@@ -43,18 +46,25 @@ def run_gin_command(
     # Run files and a run's config.gin also bind the trainer's configurables.
     import t5x_instruct.training.loop  # noqa: F401
     from t5x_instruct.cli.gin_flags import call_with_required_macros, configure
-    from t5x_instruct.errors import UserInputError
+    from t5x_instruct.errors import user_error_message
+    from t5x_instruct.runtime import distributed
 
     try:
+        flags, argv = distributed.split_flags(argv)
         configure(
             [*argv, *(f"--gin.{b}" for b in extra_bindings)],
             defaults=defaults,
             prog=prog,
             description=description,
         )
+        distributed.initialize(flags)  # multi-host flags; before any JAX backend starts
         call_with_required_macros(fn, macros)
-    except UserInputError as exc:
+    except Exception as exc:
         # Gin appends "In call to configurable ..." lines; the first line is the message.
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        # A UserInputError raised inside tf.data arrives wrapped in TensorFlow's error.
+        message = user_error_message(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0

@@ -35,6 +35,7 @@ from t5x_instruct.data.metrics import (
 from t5x_instruct.data.pipeline import DataIterator, DatasetConfig, get_dataset
 from t5x_instruct.data.registry import (
     EVAL_GROUPS,
+    available_splits,
     get_mixture_or_task,
     import_task_modules,
     leaf_tasks,
@@ -68,6 +69,7 @@ __all__ = [
     "VocabularyNotFoundError",
     "VocabularySizeError",
     "accuracy",
+    "available_splits",
     "bleu",
     "check_vocabulary_fits",
     "exact_match",

@@ -29,7 +29,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -38,8 +37,11 @@ import seqio
 import tensorflow as tf
 
 from t5x_instruct.data.metrics import exact_match, strip_whitespace
+from t5x_instruct.data.registry import track_gin_bindings
 from t5x_instruct.data.templates import RenderConfig, Template, apply_templates
 from t5x_instruct.data.vocabularies import get_vocabulary
+from t5x_instruct.errors import DataUnavailableError, UserInputError, not_utf8
+from t5x_instruct.runtime import paths as file_paths
 
 FORMATS = ("instruction", "messages", "inputs_targets")
 ROLES = ("system", "user", "assistant")
@@ -54,7 +56,7 @@ OPTIONAL_FIELDS = {"input"}
 INSTRUCTION_TEMPLATE = Template("instruction", "{instruction}{input_block}", "{output}")
 
 
-class DataFileError(ValueError):
+class DataFileError(UserInputError):
     """A bad record; the message names the file and line (1-based)."""
 
 
@@ -78,17 +80,36 @@ def load_stats(task_name: str) -> LoadStats:
     return _stats[task_name]
 
 
+def _decoded_lines(lines: Iterator[bytes], path: str) -> Iterator[str]:
+    """UTF-8 lines of a CSV file; a line that is not UTF-8 ends the read, naming file:line."""
+    for lineno, raw in enumerate(lines, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataFileError(str(not_utf8(f"{path}:{lineno}", raw, e))) from e
+
+
 def _rows(path: str) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed record) of a JSONL or CSV file; a parse error names file:line."""
+    """(line number, parsed record) of a JSONL or CSV file; a parse error names file:line.
+
+    Files are read as bytes and decoded per line, so that a line that is not UTF-8 is
+    reported with its line number (a bad JSONL row, skippable with ``skip_bad_rows``).
+    """
+    source = file_paths.resolve(path, what="data file")
     if path.endswith(".csv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
+        with source.open("rb") as f:
+            reader = csv.DictReader(_decoded_lines(iter(f), path))
             for row in reader:
                 yield reader.line_num, row
         return
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    with source.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, DataFileError(str(not_utf8(f"{path}:{lineno}", raw, e)))
                 continue
             try:
                 yield lineno, json.loads(line)
@@ -162,8 +183,11 @@ def read_examples(
     rows = skipped = 0
     reasons: list[str] = []
     for path in paths:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"Task {task!r}: data file not found: {path}")
+        if not file_paths.exists(file_paths.resolve(path, what=f"task {task!r} data file")):
+            raise DataUnavailableError(
+                f"Task {task!r}: data file not found: {path} (paths are relative to the "
+                "working directory; register_jsonl_tasks.tasks names them)."
+            )
         for lineno, record in _rows(path):
             rows += 1
             try:
@@ -311,8 +335,15 @@ def register_jsonl_task(
 
 @gin.configurable
 def register_jsonl_tasks(tasks: Sequence[Mapping[str, Any]] = ()) -> list[str]:
-    """Registers several tasks, each a dict of :func:`register_jsonl_task` arguments."""
-    return [register_jsonl_task(**dict(spec)).name for spec in tasks]
+    """Registers several tasks, each a dict of :func:`register_jsonl_task` arguments.
+
+    ``tasks.custom`` calls it at import; task lookups call it again when its gin binding
+    changes, so the binding counts wherever it comes (before or after the import, or with
+    the module in ``import_task_modules.modules``).
+    """
+    names = [register_jsonl_task(**dict(spec)).name for spec in tasks]
+    track_gin_bindings(register_jsonl_tasks)
+    return names
 
 
 def register_mixture(

@@ -16,7 +16,8 @@ import seqio
 
 from t5x_instruct.data.evaluation import EvalExamples
 from t5x_instruct.data.vocabularies import resolve_vocabulary
-from t5x_instruct.errors import UserInputError
+from t5x_instruct.errors import UserInputError, not_utf8
+from t5x_instruct.runtime import paths
 
 
 def _identity(output: Any, example: Any = None, is_target: bool = False) -> Any:
@@ -49,23 +50,28 @@ def read_jsonl_examples(
 
     Raises:
       UserInputError: naming the file and line number of a line that is not a JSON object,
-        lacks ``input_field`` (or ``target_field`` when ``require_targets``), or holds a
-        non-string there; and for a missing or empty file.
+        lacks ``input_field`` (or ``target_field`` when ``require_targets``), holds a
+        non-string there, or is not UTF-8; and for a missing or empty file.
     """
-    if not os.path.isfile(path):
+    source = paths.resolve(path, what=f"{binding_prefix}.input_file")
+    if not source.is_file():
         raise UserInputError(f"{binding_prefix}.input_file = {path!r} does not exist.")
     vocab = resolve_vocabulary(vocabulary)
     eos = vocab.eos_id
     inputs_text: list[str] = []
     targets_text: list[str] = []
     has_targets: list[bool] = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with source.open("rb") as f:  # decoded per line: a bad byte is reported with its line
+        for number, raw in enumerate(f, start=1):
             if max_examples is not None and len(inputs_text) >= max_examples:
                 break
-            if not line.strip():
+            if not raw.strip():
                 continue
             where = f"{path}, line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise not_utf8(where, raw, exc) from exc
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 import seqio
 import tensorflow as tf
 
 from t5x_instruct.data.metrics import exact_match, strip_whitespace
 from t5x_instruct.data.registry import set_task_group
+from t5x_instruct.errors import DataUnavailableError, not_utf8
 
 HF_PREFIX = "hf://"
 
@@ -58,22 +59,28 @@ def glob_files(pattern: str) -> list[str]:
     return sorted(tf.io.gfile.glob(pattern))
 
 
-def _open(path: str) -> TextIO:
+def _open(path: str) -> BinaryIO:
+    """The file as bytes: lines are decoded one by one, so a decoding error names its line."""
     if path.startswith(HF_PREFIX):
-        return _hf_fs().open(path[len(HF_PREFIX) :], "r", encoding="utf-8")
-    return tf.io.gfile.GFile(path, "r")
+        return _hf_fs().open(path[len(HF_PREFIX) :], "rb")
+    return tf.io.gfile.GFile(path, "rb")
 
 
 def read_jsonl(path: str) -> Iterator[dict[str, str]]:
     """``{"inputs", "targets"}`` rows of one JSONL file; blank lines are skipped.
 
     Raises ``ValueError`` naming ``path:line`` for invalid JSON, a non-object row, or a row
-    whose ``inputs``/``targets`` is missing or not a string.
+    whose ``inputs``/``targets`` is missing or not a string, and
+    :class:`~t5x_instruct.errors.NotUtf8Error` (one too) for a line that is not UTF-8.
     """
     with _open(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise not_utf8(f"{path}:{lineno}", raw, e) from e
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -96,13 +103,16 @@ class JsonlSource(seqio.DataSource):
     """Rows of the JSONL files matching each split's glob patterns, in sorted file order.
 
     Files are listed when a split is first read (registration touches no data); a split whose
-    patterns match nothing raises ``FileNotFoundError`` naming the patterns.
+    patterns match nothing, or whose files cannot be listed (offline, no access), raises
+    :class:`~t5x_instruct.errors.DataUnavailableError` naming the patterns and ``hint`` (how
+    to point the task at a local copy).
     """
 
-    def __init__(self, split_patterns: Mapping[str, Sequence[str]]) -> None:
+    def __init__(self, split_patterns: Mapping[str, Sequence[str]], *, hint: str = "") -> None:
         super().__init__(splits=tuple(split_patterns))
         self._patterns = {s: tuple(p) for s, p in split_patterns.items()}
         self._files: dict[str, list[str]] = {}  # listed once per split (every epoch reads)
+        self.hint = hint
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
@@ -112,10 +122,21 @@ class JsonlSource(seqio.DataSource):
         if split not in self._patterns:
             raise ValueError(f"No split {split!r}; splits: {sorted(self._patterns)}.")
         if split not in self._files:
-            found = sorted({f for p in self._patterns[split] for f in glob_files(p)})
+            patterns = list(self._patterns[split])
+            hint = f" {self.hint}" if self.hint else ""
+            found: set[str] = set()
+            for pattern in patterns:
+                try:
+                    found.update(glob_files(pattern))
+                except Exception as e:  # network, permissions, missing package: all unreachable
+                    reason = str(e).splitlines()[0] if str(e) else ""
+                    raise DataUnavailableError(
+                        f"Cannot list the {split!r} files {pattern} ({type(e).__name__}: "
+                        f"{reason}).{hint}"
+                    ) from e
             if not found:
-                raise FileNotFoundError(f"No files match {list(self._patterns[split])} ({split}).")
-            self._files[split] = found
+                raise DataUnavailableError(f"No files match {patterns} ({split}).{hint}")
+            self._files[split] = sorted(found)
         return self._files[split]
 
     def list_shards(self, split: str) -> list[str]:
@@ -145,6 +166,7 @@ class JsonlSource(seqio.DataSource):
         num_epochs: int | None = 1,
     ) -> tf.data.Dataset:
         del shuffle, seed, sequence_length, use_cached, num_epochs  # the Task does these
+        self.files(split)  # listed here, not in tf.data, so an unreachable source is one error
         shard = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
         return tf.data.Dataset.from_generator(
             lambda: self.rows(split, *shard),
@@ -161,12 +183,14 @@ def add_jsonl_task(
     vocabulary: seqio.Vocabulary,
     *,
     group: str = "train_tasks",
+    hint: str = "",
 ) -> seqio.Task:
-    """(Re-)registers a text-to-text task over JSONL files (exact-match evaluation)."""
+    """(Re-)registers a text-to-text task over JSONL files (exact-match evaluation); ``hint``
+    says how to point it at local files when its files cannot be listed."""
     seqio.TaskRegistry.remove(name)
     task = seqio.TaskRegistry.add(
         name,
-        source=JsonlSource(split_patterns),
+        source=JsonlSource(split_patterns, hint=hint),
         output_features={
             "inputs": seqio.Feature(vocabulary, add_eos=True, required=True),
             "targets": seqio.Feature(vocabulary, add_eos=True),
@@ -187,7 +211,8 @@ class TemperatureRate:
     """A mixture rate fn: a language task's share under :func:`temperature_rates`.
 
     ``sizes`` (language -> examples) avoids reading the data; without it every language's
-    split is counted on the first rate lookup (when the mixture's dataset is built).
+    split is counted on the first rate lookup (when the mixture's dataset is built), and
+    :attr:`reads_data` tells listings not to call it.
     """
 
     def __init__(
@@ -206,14 +231,20 @@ class TemperatureRate:
         self._sizes = dict(sizes) if sizes is not None else None
         self._rates: dict[str, float] | None = None
 
+    @property
+    def reads_data(self) -> bool:
+        """Whether a rate lookup would count rows of the data files (sizes not known yet)."""
+        return self._sizes is None
+
     def sizes(self) -> dict[str, int]:
         if self._sizes is None:
-            self._sizes = {}
+            sizes = {}  # kept only when complete: a failed count is retried, not half-used
             for task_name, lang in self.task_languages.items():
                 source = seqio.get_mixture_or_task(task_name).source
                 if not isinstance(source, JsonlSource):
                     raise TypeError(f"Task {task_name!r} does not read JSONL files.")
-                self._sizes[lang] = source.num_rows(self.split)
+                sizes[lang] = source.num_rows(self.split)
+            self._sizes = sizes
         return self._sizes
 
     def rates(self) -> dict[str, float]:

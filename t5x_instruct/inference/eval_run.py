@@ -29,6 +29,7 @@ import gin
 
 from t5x_instruct import partitioning
 from t5x_instruct.errors import UserInputError
+from t5x_instruct.gin_utils import operative_config_text
 from t5x_instruct.inference.files import atomic_write_text, write_json, write_jsonl
 from t5x_instruct.inference.model_setup import (
     is_writer,
@@ -36,6 +37,7 @@ from t5x_instruct.inference.model_setup import (
     model_dir_of,
     select_steps,
 )
+from t5x_instruct.runtime import paths
 from t5x_instruct.training import param_checkpoints
 from t5x_instruct.training.evaluation import EvalResult, load_eval_sources
 from t5x_instruct.training.metrics import MetricsWriter
@@ -48,14 +50,12 @@ _STEP_FILE = re.compile(r"^step_(\d+)\.json$")
 
 def finished_steps(output_dir: str) -> list[int]:
     """Steps whose evaluation completed in ``output_dir`` (those with a ``step_N.json``)."""
-    if not os.path.isdir(output_dir):
-        return []
-    found = (_STEP_FILE.match(name) for name in os.listdir(output_dir))
+    found = (_STEP_FILE.match(name) for name in paths.listdir(output_dir))
     return sorted(int(m.group(1)) for m in found if m)
 
 
 def step_file(output_dir: str, step: int) -> str:
-    return os.path.join(output_dir, f"step_{step}.json")
+    return os.fspath(paths.join(output_dir, f"step_{step}.json"))
 
 
 @gin.configurable
@@ -105,7 +105,11 @@ def evaluate(
         param_checkpoints.resolve_checkpoint(checkpoint_path, step)[1]
         for step in select_steps(checkpoint_path, checkpoints, "evaluate.checkpoints")
     ]
-    out = output_dir or os.path.join(model_dir_of(checkpoint_path), "eval", mixture_or_task_name)
+    out = os.fspath(
+        paths.resolve(output_dir, what="evaluate.output_dir")
+        if output_dir
+        else paths.join(model_dir_of(checkpoint_path), "eval", mixture_or_task_name)
+    )
     done = finished_steps(out)
     todo = [s for s in steps if s not in done]
     if len(todo) < len(steps):
@@ -142,7 +146,7 @@ def evaluate(
                 "samples": {r.name: r.samples for r in results},
             }
             records[step] = record
-            if print_table:
+            if print_table and is_writer():
                 print(f"\nstep {step}:")
                 print_eval_table(results)
             if writer is None:
@@ -152,7 +156,7 @@ def evaluate(
             writer.write(step, flat_metrics(summary))
             write_json(step_file(out, step), record)  # last: marks the step done
             if number == 0:  # gin has now seen every configurable the evaluation calls
-                atomic_write_text(os.path.join(out, "config.gin"), gin.operative_config_str())
+                atomic_write_text(paths.join(out, "config.gin"), operative_config_text())
     finally:
         if writer is not None:
             writer.close()
@@ -163,8 +167,7 @@ def evaluate(
 
 
 def _read(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(paths.read_text(path))
 
 
 def _write_predictions(
@@ -185,5 +188,5 @@ def _write_predictions(
             if result.row_scores:
                 record["score"] = result.row_scores[i]
             records.append(record)
-        path = os.path.join(out, "predictions", f"step_{step}", f"{result.name}.jsonl")
-        write_jsonl(path, records)
+        path = paths.join(out, "predictions", f"step_{step}", f"{result.name}.jsonl")
+        write_jsonl(os.fspath(path), records)

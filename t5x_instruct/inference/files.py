@@ -1,31 +1,24 @@
 """Result files that are either whole or absent: atomic writes and resumable JSONL chunks.
 
-Every file is written under a temporary name and renamed into place (``os.replace`` is
-atomic on POSIX), so a run killed at any moment leaves complete files only; a rerun skips
-what exists and rewrites the rest.
+Every local file is written under a temporary name and renamed into place (``os.replace``
+is atomic on POSIX); on an object store one upload is all-or-nothing. So a run killed at any
+moment leaves complete files only; a rerun skips what exists and rewrites the rest. Paths
+may be local or ``gs://`` (:mod:`t5x_instruct.runtime.paths`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from t5x_instruct.errors import UserInputError
+from t5x_instruct.runtime import paths
 
-_TMP_SUFFIX = ".tmp"
 
-
-def atomic_write_text(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}{_TMP_SUFFIX}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    paths.write_text_atomic(paths.resolve(path, what="output file"), text)
 
 
 def jsonl_text(records: Iterable[Mapping[str, Any]]) -> str:
@@ -51,8 +44,8 @@ class ChunkedJsonl:
     """
 
     def __init__(self, output: str, *, num_records: int, chunk_size: int, manifest: dict) -> None:
-        self.output = output
-        self.chunk_dir = output[: -len(".jsonl")] + ".chunks"
+        self.output = os.fspath(output)
+        self.chunk_dir = self.output[: -len(".jsonl")] + ".chunks"
         self.num_records = num_records
         self.chunk_size = chunk_size
         self.manifest = {**manifest, "num_records": num_records, "chunk_size": chunk_size}
@@ -66,17 +59,16 @@ class ChunkedJsonl:
         return start, min(start + self.chunk_size, self.num_records)
 
     def chunk_path(self, index: int) -> str:
-        return os.path.join(self.chunk_dir, f"{index:05d}.jsonl")
+        return os.fspath(paths.join(self.chunk_dir, f"{index:05d}.jsonl"))
 
     def _manifest_path(self) -> str:
-        return os.path.join(self.chunk_dir, "manifest.json")
+        return os.fspath(paths.join(self.chunk_dir, "manifest.json"))
 
     def open(self) -> None:
         """Check (or write) the manifest; raise if the folder holds another job's chunks."""
         path = self._manifest_path()
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                old = json.load(f)
+        if paths.exists(path):
+            old = json.loads(paths.read_text(path))
             new = json.loads(json.dumps(self.manifest))
             if old != new:
                 changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
@@ -86,7 +78,7 @@ class ChunkedJsonl:
                     "write elsewhere (infer.output_dir)."
                 )
         else:
-            if os.path.exists(self.output):
+            if paths.exists(self.output):
                 raise UserInputError(
                     f"{self.output} exists but was not written by this job; delete it or write "
                     "elsewhere (infer.output_dir)."
@@ -94,13 +86,16 @@ class ChunkedJsonl:
             write_json(path, self.manifest)
 
     def done(self) -> bool:
-        return os.path.exists(self.output)
+        return paths.exists(self.output)
 
     def pending(self) -> list[int]:
         """Chunks not written yet (half-written ones never exist under their final name)."""
         if self.done():
             return []
-        return [i for i in range(self.num_chunks) if not os.path.exists(self.chunk_path(i))]
+        written = set(paths.listdir(self.chunk_dir))
+        return [
+            i for i in range(self.num_chunks) if os.path.basename(self.chunk_path(i)) not in written
+        ]
 
     def write_chunk(self, index: int, records: list[Mapping[str, Any]]) -> None:
         start, end = self.bounds(index)
@@ -112,12 +107,8 @@ class ChunkedJsonl:
         """Concatenate every chunk into the output file (atomically), then drop the chunks."""
         if self.done():
             return
-        parts = []
-        for i in range(self.num_chunks):
-            with open(self.chunk_path(i), encoding="utf-8") as f:
-                parts.append(f.read())
+        parts = [paths.read_text(self.chunk_path(i)) for i in range(self.num_chunks)]
         atomic_write_text(self.output, "".join(parts))
-        for name in os.listdir(self.chunk_dir):
+        for name in paths.listdir(self.chunk_dir):
             if name != "manifest.json":
-                path = os.path.join(self.chunk_dir, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                paths.remove_tree(paths.join(self.chunk_dir, name))

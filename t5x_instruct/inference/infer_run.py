@@ -33,6 +33,7 @@ from t5x_instruct.inference.model_setup import (
     load_inference_model,
     model_dir_of,
 )
+from t5x_instruct.runtime import paths
 from t5x_instruct.training import param_checkpoints
 from t5x_instruct.training.evaluation import GreedyEvaluator
 from t5x_instruct.training.train_state import Params
@@ -106,12 +107,16 @@ def infer(
         task_feature_lengths=task_feature_lengths,
         max_decode_length=max_decode_length,
     )
-    out = output_dir or os.path.join(model_dir_of(checkpoint_path), "infer", mode)
+    out = (
+        paths.resolve(output_dir, what="infer.output_dir")
+        if output_dir
+        else paths.join(model_dir_of(checkpoint_path), "infer", mode)
+    )
     params: Params | None = None
     written: dict[str, str] = {}
     for examples, has_targets, source_id in sources:
         output = ChunkedJsonl(
-            os.path.join(out, f"{examples.task_name}.jsonl"),
+            os.fspath(out / f"{examples.task_name}.jsonl"),
             num_records=len(examples),
             chunk_size=chunk_size,
             manifest={
@@ -129,6 +134,7 @@ def infer(
         written[examples.task_name] = output.output
         if is_writer():
             output.open()
+        _all_processes_reach(f"infer:{examples.task_name}")  # manifest checked before reading
         pending = output.pending()
         if not pending:
             log.info("%s is complete; nothing to do.", output.output)
@@ -159,6 +165,17 @@ def infer(
             output.finish()
         log.info("Wrote %s (%d examples)", output.output, len(examples))
     return written
+
+
+def _all_processes_reach(name: str) -> None:
+    """A barrier on multi-host runs: every process sees the same chunks as done (decoding
+    is collective, so they must all decode the same ones)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _decode_settings() -> dict[str, str]:
@@ -232,7 +249,7 @@ def _sources(
         require_targets=mode == "score",
         max_examples=max_examples,
     )
-    return [(examples, has_targets, os.path.abspath(input_file))]
+    return [(examples, has_targets, os.fspath(paths.resolve(input_file, what="infer.input_file")))]
 
 
 class _Runner:

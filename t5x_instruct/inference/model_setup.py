@@ -22,6 +22,7 @@ from t5x_instruct import partitioning
 from t5x_instruct.errors import UserInputError
 from t5x_instruct.models import build_model, model_family
 from t5x_instruct.plugins.plugin_set import PluginSet
+from t5x_instruct.runtime import paths
 from t5x_instruct.training import param_checkpoints
 from t5x_instruct.training.evaluation import GreedyEvaluator
 from t5x_instruct.training.train_state import ModelSpec, Params
@@ -83,6 +84,8 @@ class InferenceModel:
             max_decode_length=int(max_decode_length or task_feature_lengths["targets"]),
             target_length=int(task_feature_lengths["targets"]),
             num_samples=num_samples,
+            mesh=self.mesh,
+            rules=self.rules,
         )
 
 
@@ -122,12 +125,12 @@ def load_inference_model(
 
 def model_dir_of(checkpoint_path: str) -> str:
     """The MODEL_DIR a checkpoint path belongs to (a step folder's grandparent)."""
-    path = os.path.abspath(checkpoint_path)
-    if os.path.isdir(os.path.join(path, "state")):
-        path = os.path.dirname(path)
-    if os.path.basename(path) == "checkpoints":
-        path = os.path.dirname(path)
-    return path
+    path = paths.resolve(checkpoint_path, what="checkpoint path", for_checkpoints=True)
+    if (path / "state").is_dir():
+        path = path.parent
+    if path.name == "checkpoints":
+        path = path.parent
+    return os.fspath(path)
 
 
 def select_steps(
@@ -137,7 +140,7 @@ def select_steps(
 
     A step folder is itself one checkpoint (``[None]``: use it as it is).
     """
-    if os.path.isdir(os.path.join(os.path.abspath(checkpoint_path), "state")):
+    if (paths.resolve(checkpoint_path, what="checkpoint path") / "state").is_dir():
         return [None]
     available = param_checkpoints.checkpoint_steps(checkpoint_path)
     if not available:

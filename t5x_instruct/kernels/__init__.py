@@ -12,11 +12,15 @@ Registered implementations:
   (``flash_forward`` / ``flash_backward``), Mosaic-shaped ones on TPU (``flash_tpu*``); on
   CPU they run in the Pallas interpreter (slow; for tests). The test suite lowers both
   families for their hardware from CPU (``tests/test_kernel_lowering.py``,
-  ``tests/test_flash_tpu.py``).
+  ``tests/test_flash_tpu.py``). Under a sharded layout (``partitioning.axis_rules``) the
+  kernels run per device inside ``shard_map`` over the batch and head mesh axes
+  (``sharded``), since XLA cannot partition a Mosaic or Triton call itself.
 * ``'cudnn'``: ``jax.nn.dot_product_attention(implementation='cudnn')`` with the mask and
   bias materialised densely. GPU only; no dropout.
 * ``'auto'``: ``'pallas'`` on GPU/TPU when no dropout is requested, otherwise ``'xla'``. The
   rule is decided per call, so a model with dropout gets XLA in training and Pallas in eval.
+  The platform is the active mesh's (compile-only TPU devices count as TPU), else JAX's
+  default backend.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import jax
 
 from t5x_instruct.kernels import reference
 from t5x_instruct.kernels.decode_attention import DECODE_MAX_Q_LEN, decode_attention
-from t5x_instruct.kernels.flash_attention import flash_attention
+from t5x_instruct.kernels.flash_attention import check_no_dropout, flash_attention
 from t5x_instruct.kernels.masks import AttentionMask, dense_mask
 from t5x_instruct.kernels.relative_bias import RelativeBias, relative_position_bucket
+from t5x_instruct.kernels.sharded import active_platform, shard_attention
 
 AttentionFn = Callable[..., jax.Array]
 
@@ -45,18 +50,15 @@ def pallas_attention(
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
 ) -> jax.Array:
-    """Our Pallas kernels: decode kernel for very short query blocks, flash otherwise."""
+    """Our Pallas kernels: decode kernel for very short query blocks, flash otherwise.
+
+    Under a sharded layout (``partitioning.axis_rules``) each device runs the kernel on its
+    batch and head shard (``sharded.shard_attention``).
+    """
+    del dropout_rng
+    check_no_dropout(dropout_rate)
     fn = decode_attention if query.shape[1] <= DECODE_MAX_Q_LEN else flash_attention
-    return fn(
-        query,
-        key,
-        value,
-        mask,
-        bias=bias,
-        scale=scale,
-        dropout_rate=dropout_rate,
-        dropout_rng=dropout_rng,
-    )
+    return shard_attention(fn, query, key, value, mask, bias=bias, scale=scale)
 
 
 def cudnn_attention(
@@ -118,10 +120,7 @@ def auto_attention(
     **kwargs,
 ) -> jax.Array:
     """``'pallas'`` on GPU/TPU without dropout, else ``'xla'`` (the only rule; no tuning)."""
-    use_pallas = kwargs.get("dropout_rate", 0.0) == 0.0 and jax.default_backend() in (
-        "gpu",
-        "tpu",
-    )
+    use_pallas = kwargs.get("dropout_rate", 0.0) == 0.0 and active_platform() in ("gpu", "tpu")
     fn = pallas_attention if use_pallas else reference.attention
     return fn(query, key, value, mask, **kwargs)
 

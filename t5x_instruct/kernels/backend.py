@@ -53,3 +53,17 @@ def compiler_params(target: str, interpret: bool, dimension_semantics: tuple[str
     from jax.experimental.pallas import tpu as pltpu
 
     return pltpu.CompilerParams(dimension_semantics=dimension_semantics)
+
+
+def platform_overrides(platform: str) -> dict[str, Any]:
+    """``target`` / ``interpret`` for kernels placed on ``platform`` devices (a mesh's).
+
+    Empty for CPU (the defaults above apply). A TPU mesh built from compile-only topology
+    devices on a CPU host (ahead-of-time compilation) thus gets compiled Mosaic kernels
+    although ``jax.default_backend()`` is ``'cpu'``.
+    """
+    if platform == "tpu":
+        return {"target": "tpu", "interpret": False}
+    if platform in ("gpu", "cuda", "rocm"):
+        return {"target": "gpu", "interpret": False}
+    return {}

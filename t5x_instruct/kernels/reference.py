@@ -37,15 +37,18 @@ def attention(
     logits = jnp.einsum("bqhgd,bkhd->bhgqk", q, key, preferred_element_type=jnp.float32).astype(
         jnp.float32
     )
-    logits = logits * scale
+    # The mask as an additive bias (0 or MASK_VALUE, [b|1, 1, 1, q, k]), summed with the
+    # relative bias before one add to the logits, as T5X does: cheaper than a select over
+    # the logits and its gradient, and equal in fp32 (logit + MASK_VALUE rounds to MASK_VALUE,
+    # so a fully masked row stays uniform, and exp() of a masked entry is exactly 0).
+    all_bias = jnp.where(dense_mask(mask, q_len, kv_len), 0.0, MASK_VALUE)[:, None, None]
     if bias is not None:
         q_pos, kv_pos = mask.positions(q_len, kv_len)
         dense_bias = bias.materialize(q_pos, kv_pos)  # [b|1, h, q, k]
-        logits = logits + dense_bias.reshape(
+        all_bias = all_bias + dense_bias.reshape(
             dense_bias.shape[0], num_kv_heads, groups, q_len, kv_len
         )
-    allowed = dense_mask(mask, q_len, kv_len)[:, None, None]
-    logits = jnp.where(allowed, logits, MASK_VALUE)
+    logits = logits * scale + all_bias
     weights = jax.nn.softmax(logits, axis=-1)
     if dropout_rate > 0.0:
         if dropout_rng is None:

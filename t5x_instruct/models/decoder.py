@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from t5x_instruct.config_validation import check_field_types
 from t5x_instruct.kernels import AttentionMask
 from t5x_instruct.layers import (
     Attention,
@@ -72,6 +73,7 @@ class DecoderConfig:
     embedding_init_stddev: float = 0.02
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # one error naming the binding, before any arithmetic
         check_distribution(self.kernel_init, "DecoderConfig.kernel_init")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from t5x_instruct.config_validation import check_field_types
 from t5x_instruct.kernels import AttentionMask, RelativeBias
 from t5x_instruct.layers import (
     Attention,
@@ -69,6 +70,7 @@ class T5Config:
     relative_attention_init: str = "uniform"
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # one error naming the binding, before any arithmetic
         for name in ("kernel_init", "attention_kernel_init", "relative_attention_init"):
             check_distribution(getattr(self, name), f"T5Config.{name}")
         if self.emb_dim <= 0 or self.num_heads <= 0 or self.head_dim <= 0:

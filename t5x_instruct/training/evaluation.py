@@ -17,15 +17,19 @@ them (importing the data layer lazily), so nothing here imports SeqIO or TensorF
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import gin
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from t5x_instruct import partitioning
 from t5x_instruct.decoding import DecodeFn, greedy_decode, score_batch
 from t5x_instruct.errors import UserInputError
+from t5x_instruct.runtime import host_data, lockstep
 from t5x_instruct.training.train_state import ModelSpec, Params
 
 
@@ -110,6 +114,10 @@ class GreedyEvaluator:
     first (best) one is the prediction. Sampling draws from ``decode_seed`` folded with the
     batch number, so an evaluation is reproducible. Scoring tasks read targets of
     ``target_length`` tokens (default ``max_decode_length``), truncated as in training.
+
+    With a ``mesh`` (and its ``rules``), every batch is split over the mesh's batch axes, so
+    on several hosts each process decodes its share; results come back replicated, so every
+    process holds all of them (and process 0 writes them).
     """
 
     def __init__(
@@ -127,6 +135,8 @@ class GreedyEvaluator:
         num_decodes: int = 1,
         decode_seed: int = 0,
         target_length: int | None = None,
+        mesh: Mesh | None = None,
+        rules: partitioning.AxisRules | None = None,
     ) -> None:
         if not isinstance(num_decodes, int) or num_decodes < 1:
             raise UserInputError(
@@ -140,6 +150,10 @@ class GreedyEvaluator:
         self.target_length = target_length or max_decode_length
         self.num_samples = num_samples
         self.num_decodes = num_decodes
+        if mesh is not None and rules is None:
+            raise ValueError("GreedyEvaluator: a mesh needs its logical axis rules too.")
+        self._mesh = mesh
+        self._rules = list(rules or ())
 
         self._rng = jax.random.PRNGKey(decode_seed)
 
@@ -164,13 +178,46 @@ class GreedyEvaluator:
         def score(params: Params, batch: dict[str, Any]) -> jax.Array:
             return score_batch(spec.module(params), batch).sequence_scores
 
-        self._decode = jax.jit(decode)
-        self._score = jax.jit(score)
+        # Replicated outputs: readable on every process, even when the inputs are split.
+        gathered = {} if mesh is None else {"out_shardings": NamedSharding(mesh, PartitionSpec())}
+        decode, score = self._under_rules(decode), self._under_rules(score)
+        self._decode = lockstep.CompiledTogether(jax.jit(decode, **gathered), "decode")
+        self._score = lockstep.CompiledTogether(jax.jit(score, **gathered), "score")
         if decode_fn is not None:
             # Trace once now (no compilation) so a bad decode setting fails at start-up,
             # not at the first evaluation hours into a run.
             dummy = self.model_batch(np.zeros((batch_size, input_length), np.int32))
             jax.eval_shape(decode, spec.abstract_params(), dummy, self._rng)
+
+    def _under_rules(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` traced under the run's logical axis rules, as the train step is: activations
+        keep the training layout and Pallas kernels ``shard_map`` themselves over it. Not when
+        the batch does not split over the batch axes (it is then replicated, see
+        :meth:`place`)."""
+        mesh, rules = self._mesh, self._rules
+        if mesh is None or self.batch_size % _batch_shards(mesh, rules):
+            return fn
+
+        @functools.wraps(fn)
+        def traced(*args: Any) -> Any:
+            with partitioning.axis_rules(mesh, rules):
+                return fn(*args)
+
+        return traced
+
+    def place(self, batch: Mapping[str, np.ndarray]) -> Any:
+        """A host batch (the same on every process) as arrays split over the mesh's batch
+        axes, or replicated when the batch size does not divide them; as is without a mesh."""
+        if self._mesh is None:
+            return dict(batch)
+        rows = next(iter(batch.values())).shape[0]
+        if rows % _batch_shards(self._mesh, self._rules) == 0:
+            return host_data.replicated_host_batch(batch, self._mesh, self._rules)
+        replicated = NamedSharding(self._mesh, PartitionSpec())
+        return {
+            k: jax.make_array_from_callback(np.shape(v), replicated, lambda i, v=v: v[i])
+            for k, v in batch.items()
+        }
 
     @property
     def model_type(self) -> str:
@@ -206,7 +253,8 @@ class GreedyEvaluator:
             if real < self.batch_size:  # pad with copies: same shape, no recompilation
                 chunk = np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - real, 0)])
             rng = jax.random.fold_in(self._rng, first_batch + number)
-            tokens, scores = jax.device_get(self._decode(params, self.model_batch(chunk), rng))
+            batch = self.place(self.model_batch(chunk))
+            tokens, scores = jax.device_get(self._decode(params, batch, rng))
             tokens_out.append(np.asarray(tokens)[:real])
             scores_out.append(np.asarray(scores)[:real])
         if not tokens_out:
@@ -241,7 +289,7 @@ class GreedyEvaluator:
         (summed over target tokens)."""
         rows, scores = [], []
         for batch in batches:
-            values = self._score(params, self.score_features(batch.features))
+            values = self._score(params, self.place(self.score_features(batch.features)))
             values = np.asarray(jax.device_get(values), np.float64)
             real = batch.rows >= 0
             rows.append(batch.rows[real])
@@ -299,6 +347,13 @@ class GreedyEvaluator:
             prediction_scores=prediction_scores,
             row_scores=row_scores,
         )
+
+
+def _batch_shards(mesh: Mesh, rules: partitioning.AxisRules) -> int:
+    """How many ways the ``batch`` rule splits a batch on ``mesh``."""
+    axes = partitioning.batch_sharding(mesh, rules, 1).spec[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    return int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
 
 
 def _score_samples(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,12 +22,15 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from t5x_instruct import partitioning
+from t5x_instruct import gin_utils, partitioning
 from t5x_instruct.errors import UserInputError
 from t5x_instruct.models import build_model, model_family
 from t5x_instruct.plugins.base import Action, CheckpointContext, EvalContext, Plugin
 from t5x_instruct.plugins.plugin_set import PluginSet
+from t5x_instruct.runtime import distributed, host_data, lockstep, paths
+from t5x_instruct.runtime.preemption import PreemptionGuard
 from t5x_instruct.training import checkpoints as ckpt_lib
+from t5x_instruct.training.compile_ahead import compile_while_fetching
 from t5x_instruct.training.evaluation import GreedyEvaluator, load_eval_sources
 from t5x_instruct.training.metrics import MetricsWriter
 from t5x_instruct.training.optimizers import learning_rate_schedule, make_optimizer
@@ -38,29 +40,6 @@ from t5x_instruct.training.step import LossConfig, eval_step, metrics_from_sums,
 from t5x_instruct.training.train_state import ModelSpec, TrainState
 
 log = logging.getLogger(__name__)
-
-
-class _Preemption:
-    """Turns SIGTERM into a flag the loop polls, so the last state is saved before exit."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _Preemption:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. inside a notebook worker)
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        del signum, frame
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 @gin.configurable(denylist=["model_spec"])
@@ -75,6 +54,7 @@ def train(
     pack: bool = True,
     use_cached_tasks: bool = False,
     seed: int = 0,
+    data_shards: int | None = None,
     num_microbatches: int = 1,
     loss_config: LossConfig | None = None,
     optimizer: optax.GradientTransformation | None = None,
@@ -106,7 +86,16 @@ def train(
     ``plugins`` (gin: ``train.plugins = [@SomePlugin(), ...]``) extend the model, loss,
     optimizer split and loop; ``model_spec`` (tests) replaces ``build_model`` and is then
     transformed by the plug-ins too.
+
+    Multi-host: every process runs this with the same arguments (see
+    :mod:`t5x_instruct.runtime`). ``data_shards`` splits each batch into that many SeqIO
+    shards (default: the process count at the first start, then what the checkpoint says);
+    losses depend on it, not on the process count. Only process 0 writes metrics, summaries
+    and config.gin. SIGTERM on any process makes all of them save the same step; the summary
+    then has ``preempted: True`` (the CLI exits with ``PREEMPTED_EXIT_CODE``).
     """
+    launched = time.perf_counter()
+    distributed.initialize()  # a no-op unless a multi-process job is configured
     _check_positive_ints(train_steps=train_steps, batch_size=batch_size, log_period=log_period)
     if eval_period and eval_period % log_period:
         raise UserInputError(
@@ -114,7 +103,9 @@ def train(
         )
     from t5x_instruct import data  # lazy: TensorFlow only when a run actually reads data
 
-    os.makedirs(model_dir, exist_ok=True)
+    model_dir = os.fspath(paths.resolve(model_dir, what="MODEL_DIR", for_checkpoints=True))
+    ckpt_lib.check_writable(model_dir)  # one line now, not a traceback at the first save
+    is_writer = jax.process_index() == 0
     plugin_set = PluginSet(plugins)
     base_build = model_spec.build if model_spec is not None else build_model
     spec = (
@@ -135,6 +126,11 @@ def train(
     data.check_vocabulary_fits(mixture_or_task_name, config.vocab_size)
     if (eval_period or final_eval) and eval_name != mixture_or_task_name:
         data.check_vocabulary_fits(eval_name, config.vocab_size)
+    final_split = (
+        _final_eval_split(data.available_splits(eval_name), final_eval_split, validation_split)
+        if final_eval
+        else None
+    )
     mesh = partitioning.create_mesh(mesh_config or partitioning.MeshConfig())
     rules = plugin_set.axis_rules(
         list(logical_axis_rules or partitioning.standard_logical_axis_rules())
@@ -166,21 +162,30 @@ def train(
     )
     start_step = int(jax.device_get(state.step))
 
-    iterator = data.DataIterator(
-        mixture_or_task_name,
-        task_feature_lengths=dict(task_feature_lengths),
-        split="train",
-        batch_size=batch_size // jax.process_count(),
-        model_type=model_type,
-        pack=pack,
-        shuffle=True,
-        seed=seed,
-        shard_id=jax.process_index(),
-        num_shards=jax.process_count(),
-        use_cached=use_cached_tasks,
+    num_shards = _num_data_shards(data_shards, data_state, batch_size)
+    blocks = host_data.row_blocks(partitioning.batch_sharding(mesh, rules, 1), batch_size)
+    iterator = host_data.ShardedBatches(
+        lambda shard_id: data.DataIterator(
+            mixture_or_task_name,
+            task_feature_lengths=dict(task_feature_lengths),
+            split="train",
+            batch_size=batch_size // num_shards,
+            model_type=model_type,
+            pack=pack,
+            shuffle=True,
+            seed=seed,
+            shard_id=shard_id,
+            num_shards=num_shards,
+            use_cached=use_cached_tasks,
+        ),
+        num_shards,
+        host_data.shards_for_rows(blocks, batch_size, num_shards),
+        owned=host_data.owned_shards(
+            partitioning.batch_sharding(mesh, rules, 1), batch_size, num_shards
+        ),
     )
-    if data_state:
-        iterator.restore(data_state)
+    if data_state:  # O(1) from the iterators' checkpoints, else skipping (with a warning)
+        iterator.restore(data_state, checkpointer.data_state_dir(start_step), start_step)
 
     def _train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
         with partitioning.axis_rules(mesh, rules):
@@ -196,10 +201,16 @@ def train(
                 is_trainable=layout.is_trainable,
             )
 
-    batch_shardings = None  # resolved from the first batch (feature names vary by model)
-    jit_step = None
-    rng = jax.random.PRNGKey(seed)
-    writer = MetricsWriter(model_dir, resume_step=start_step)
+    shard_spec = iterator.element_spec
+    batch_spec = host_data.global_batch_spec(shard_spec, num_shards, mesh, rules)
+    jitted_step = jax.jit(
+        _train_step,
+        in_shardings=(state_shardings, {k: v.sharding for k, v in batch_spec.items()}, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+    rng = jax.device_put(jax.random.PRNGKey(seed), replicated)
+    writer = MetricsWriter(model_dir, resume_step=start_step, enabled=is_writer)
     evaluator = GreedyEvaluator(
         spec,
         encoder_decoder=encoder_decoder,
@@ -208,6 +219,8 @@ def train(
         input_length=task_feature_lengths["inputs"],
         max_decode_length=max_decode_length or task_feature_lengths["targets"],
         target_length=task_feature_lengths["targets"],
+        mesh=mesh,
+        rules=rules,
     )
     eval_sources: list[Any] = []
     val_batches: list[dict[str, np.ndarray]] = []
@@ -219,18 +232,34 @@ def train(
             data, mixture_or_task_name, task_feature_lengths, validation_split,
             eval_batch_size, model_type, max_eval_examples,
         )  # fmt: skip
-    eval_loss_fn = jax.jit(
-        lambda params, aux, batch: eval_step(
-            spec, loss_config, params, batch, plugins=plugin_set, aux=aux
-        )
+    eval_loss_fn = lockstep.CompiledTogether(
+        jax.jit(
+            lambda params, aux, batch: eval_step(
+                spec, loss_config, params, batch, plugins=plugin_set, aux=aux
+            )
+        ),
+        "eval_loss",
     )
 
     def save(force: bool = False) -> None:
-        if checkpointer.save(layout.for_checkpoint(state), iterator.state(), force=force):
+        if checkpointer.save(
+            layout.for_checkpoint(state),
+            iterator.state(),
+            force=force,
+            write_data_state=iterator.save_iterators,
+        ):
             _plugin_exports(plugin_set, state, model_dir)
 
     step = start_step
-    tokens_since_log = 0
+    first_shards: dict[int, Any] | None = None
+    compile_seconds = 0.0
+    if step < train_steps:  # compile while the first batch loads
+        jit_step, first_shards, compile_seconds = compile_while_fetching(
+            lambda: jitted_step.lower(state, batch_spec, rng), lambda: next(iterator), "train"
+        )
+        host_data.check_matches_spec(first_shards, shard_spec)
+        log.info("Train step compiled in %.1f s (while the first batch loaded)", compile_seconds)
+    tokens_since_log = steps_since_log = 0
     last_log_time = time.perf_counter()
     first_step_time: float | None = None
     stop: tuple[int, list[str]] | None = None  # (step, plug-ins) when a plug-in stopped the run
@@ -241,33 +270,23 @@ def train(
         desc="train",
         dynamic_ncols=True,
     )
-    with _Preemption() as preemption:
-        while step < train_steps and not preemption.requested:
-            host_batch = next(iterator)
-            if jit_step is None:
-                batch_shardings = {
-                    k: partitioning.batch_sharding(mesh, rules, np.ndim(v))
-                    for k, v in host_batch.items()
-                }
-                jit_step = jax.jit(
-                    _train_step,
-                    in_shardings=(state_shardings, batch_shardings, replicated),
-                    out_shardings=(state_shardings, replicated),
-                    donate_argnums=(0,),
-                )
-                compile_start = time.perf_counter()
-            tokens_since_log += _count_tokens(host_batch)
-            batch = partitioning.shard_batch(host_batch, mesh, rules)
+    with PreemptionGuard(start_step) as preemption:
+        while step < train_steps and not preemption.preempted:
+            host_shards, first_shards = first_shards or next(iterator), None
+            tokens_since_log += host_data.token_count(host_shards, num_shards)
+            batch = host_data.global_batch(host_shards, num_shards, mesh, rules)
             state, metrics = jit_step(state, batch, rng)
             step += 1
+            steps_since_log += 1
             bar.update(1)
             if first_step_time is None:
                 # Every configurable of the run has now been called: gin knows the config.
                 _write_operative_config(model_dir)
                 jax.block_until_ready(metrics)
-                first_step_time = time.perf_counter() - compile_start
+                first_step_time = time.perf_counter() - last_log_time
+                startup_time = time.perf_counter() - launched
                 last_log_time = time.perf_counter()
-                tokens_since_log = 0
+                tokens_since_log = steps_since_log = 0
             if step % log_period == 0 or step == train_steps:
                 metrics = jax.device_get(metrics)
                 now = time.perf_counter()
@@ -276,8 +295,12 @@ def train(
                     "learning_rate": float(schedule(step - 1)) if callable(schedule) else schedule,
                     "tokens_per_sec": tokens_since_log / max(now - last_log_time, 1e-9),
                 }
+                if steps_since_log:  # the window's steps (the first step is timed apart)
+                    record["step_ms"] = 1e3 * (now - last_log_time) / steps_since_log
                 if step == log_period or (start_step and step - start_step == log_period):
+                    record["compile_seconds"] = compile_seconds
                     record["first_step_seconds"] = first_step_time
+                    record["startup_seconds"] = startup_time
                 action = Action.CONTINUE
                 if eval_period and step % eval_period == 0:
                     evals = _run_evals(
@@ -293,7 +316,7 @@ def train(
                         stop = (step, who)
                 written = writer.write(step, record)
                 bar.set_postfix(loss=f"{written['loss']:.3f}")
-                tokens_since_log = 0
+                tokens_since_log = steps_since_log = 0
                 last_log_time = time.perf_counter()
                 if action != Action.CONTINUE:
                     log.info("step %d: plug-in(s) %s asked to %s", step, who, action.value)
@@ -302,10 +325,14 @@ def train(
                         break
             if step % checkpoint_period == 0 or step == train_steps:
                 save()
-        if preemption.requested:
+            # Every process agrees on the step; the last step needs no preemption save.
+            if step < train_steps and preemption.should_stop(step):
+                break
+        if preemption.preempted:
             log.warning("SIGTERM received: saving step %d before exiting", step)
             save(force=True)
     bar.close()
+    iterator.close()  # now, not in a destructor at exit (tf.data's threads wind down here)
     checkpointer.close()
     if first_step_time is None:  # resumed at or past train_steps: no step ran
         _write_operative_config(model_dir)
@@ -318,19 +345,23 @@ def train(
     }
     if stop is not None:
         summary["stopped_early"] = {"step": stop[0], "by": stop[1]}
-    if final_eval and (step >= train_steps or stop is not None):
-        sources = load_eval_sources(eval_name, final_eval_split, max_examples=max_eval_examples)
+    if preemption.preempted:
+        summary["preempted"] = True
+    if final_split and not preemption.preempted and (step >= train_steps or stop is not None):
+        sources = load_eval_sources(eval_name, final_split, max_examples=max_eval_examples)
         results = evaluator.evaluate(state.params, sources)
-        summary["eval_split"] = final_eval_split
+        summary["eval_split"] = final_split
         summary["eval"] = summarise(results)
         summary["samples"] = {r.name: r.samples for r in results}
         if plugin_set:
             summary["plugins"] = _plugin_metrics(
                 plugin_set, layout, state, evaluator, model_dir, summary["eval"]
             )
-        print_eval_table(results)
-        with open(os.path.join(model_dir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
+        if is_writer:
+            print_eval_table(results)
+            paths.write_text_atomic(
+                paths.join(model_dir, "summary.json"), json.dumps(summary, indent=2)
+            )
     writer.close()
     return summary
 
@@ -361,10 +392,27 @@ def _write_operative_config(model_dir: str) -> None:
     """
     if jax.process_index() != 0:
         return
-    path = os.path.join(model_dir, "config.gin")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(gin.operative_config_str())
-    os.replace(path + ".tmp", path)
+    paths.write_text_atomic(paths.join(model_dir, "config.gin"), gin_utils.operative_config_text())
+
+
+def _final_eval_split(available: set[str], requested: str, validation: str) -> str | None:
+    """The split the final evaluation reads, decided before training so that a missing split
+    costs a warning, not a crash after the last step: ``requested``, else ``validation``, else
+    none (the final evaluation is skipped)."""
+    if requested in available:
+        return requested
+    where = f"the eval tasks have no {requested!r} split (they have {sorted(available)})"
+    if validation in available:
+        log.warning(
+            "train.final_eval_split: %s; the final evaluation uses %r instead.", where, validation
+        )
+        return validation
+    log.warning(
+        "train.final_eval_split: %s; no final evaluation will run "
+        "(set train.final_eval=False to say so, or train.final_eval_split).",
+        where,
+    )
+    return None
 
 
 def _check_batch_divisible(mesh: Any, rules: partitioning.AxisRules, **sizes: int) -> None:
@@ -387,12 +435,17 @@ def _check_positive_ints(**values: Any) -> None:
             raise UserInputError(f"train.{name} must be a positive integer, got {value!r}.")
 
 
-def _count_tokens(batch: Mapping[str, np.ndarray]) -> int:
-    total = 0
-    for name in ("encoder_input_tokens", "decoder_target_tokens"):
-        if name in batch:
-            total += int(np.count_nonzero(batch[name]))
-    return total
+def _num_data_shards(requested: int | None, data_state: Mapping[str, Any], batch_size: int) -> int:
+    """``train.data_shards``, else the checkpoint's, else one per process (T5X's default)."""
+    saved = data_state.get("config", {}).get("num_shards") if data_state else None
+    if requested is not None and saved is not None and requested != saved:
+        raise UserInputError(
+            f"train.data_shards={requested} but MODEL_DIR's checkpoint was trained with "
+            f"{saved} data shards; drop the binding (or set it to {saved}) to resume exactly."
+        )
+    num_shards = requested or saved or jax.process_count()
+    host_data.check_num_shards(batch_size, num_shards)
+    return int(num_shards)
 
 
 def _validation_batches(
@@ -437,7 +490,7 @@ def _run_evals(
         sums: dict[str, Any] = {}
         for batch in val_batches:
             part = eval_loss_fn(
-                state.params, state.aux, partitioning.shard_batch(batch, mesh, rules)
+                state.params, state.aux, host_data.replicated_host_batch(batch, mesh, rules)
             )
             sums = part if not sums else jax.tree.map(jnp.add, sums, part)
         for name, value in metrics_from_sums(jax.device_get(sums)).items():

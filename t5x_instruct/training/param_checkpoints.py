@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 
 from t5x_instruct import partitioning
 from t5x_instruct.errors import UserInputError
+from t5x_instruct.runtime import paths
 from t5x_instruct.training.checkpoints import CheckpointShapeError, param_shapes
 from t5x_instruct.training.train_state import ModelSpec, Params
 
@@ -51,9 +52,7 @@ def checkpoint_steps(path: str) -> list[int]:
     base = _checkpoints_dir(path)
     if base is None:
         return []
-    return sorted(
-        int(d) for d in os.listdir(base) if d.isdigit() and os.path.isdir(os.path.join(base, d))
-    )
+    return sorted(int(d) for d in paths.listdir(base) if d.isdigit() and (base / d).is_dir())
 
 
 def resolve_checkpoint(path: str, step: int | None = None) -> tuple[str, int]:
@@ -64,9 +63,10 @@ def resolve_checkpoint(path: str, step: int | None = None) -> tuple[str, int]:
     Raises:
       CheckpointNotFoundError: naming the path (and the steps it does hold).
     """
-    path = os.path.abspath(os.fspath(path))
-    if os.path.isdir(os.path.join(path, _STATE)):
-        found = int(os.path.basename(path)) if os.path.basename(path).isdigit() else 0
+    root = _resolve(path)
+    path = os.fspath(root)
+    if (root / _STATE).is_dir():
+        found = int(root.name) if root.name.isdigit() else 0
         if step is not None and step != found:
             raise CheckpointNotFoundError(f"{path} is the checkpoint of step {found}, not {step}.")
         return path, found
@@ -81,13 +81,17 @@ def resolve_checkpoint(path: str, step: int | None = None) -> tuple[str, int]:
         raise CheckpointNotFoundError(f"{path} has no checkpoint at step {step}; it has {steps}.")
     base = _checkpoints_dir(path)
     assert base is not None
-    return os.path.join(base, str(chosen)), chosen
+    return os.fspath(base / str(chosen)), chosen
 
 
-def _checkpoints_dir(path: str) -> str | None:
-    path = os.path.abspath(os.fspath(path))
-    for base in (os.path.join(path, _CHECKPOINTS), path):
-        if os.path.isdir(base) and any(d.isdigit() for d in os.listdir(base)):
+def _resolve(path: str | os.PathLike[str]) -> paths.epath.Path:
+    return paths.resolve(path, what="checkpoint path", for_checkpoints=True)
+
+
+def _checkpoints_dir(path: str | os.PathLike[str]) -> paths.epath.Path | None:
+    root = _resolve(path)
+    for base in (root / _CHECKPOINTS, root):
+        if any(d.isdigit() for d in paths.listdir(base)):
             return base
     return None
 
@@ -101,14 +105,15 @@ def save_params(model_dir: str, params: Params, *, step: int = 0) -> str:
     ``params`` may be sharded ``jax.Array``s (each host writes its own shards) or host arrays.
     Refuses to overwrite an existing step: conversions never clobber a training run.
     """
-    model_dir = os.path.abspath(os.fspath(model_dir))
+    root = _resolve(model_dir)
+    model_dir = os.fspath(root)
     if step in checkpoint_steps(model_dir):
         raise UserInputError(
             f"{model_dir} already has a checkpoint at step {step}; choose another output "
             "folder or step."
         )
     manager = ocp.CheckpointManager(
-        os.path.join(model_dir, _CHECKPOINTS),
+        root / _CHECKPOINTS,
         options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False),
         item_names=(_STATE, "shapes"),
     )
@@ -124,7 +129,7 @@ def save_params(model_dir: str, params: Params, *, step: int = 0) -> str:
         manager.wait_until_finished()
     finally:
         manager.close()
-    return os.path.join(model_dir, _CHECKPOINTS, str(step))
+    return os.fspath(root / _CHECKPOINTS / str(step))
 
 
 # ------------------------------------------------------------------------------ restoring
@@ -155,7 +160,7 @@ def restore_params(path: str, target: Params, *, step: int | None = None) -> Par
         parameters that are missing, unexpected or of another shape.
     """
     step_dir, found_step = resolve_checkpoint(path, step)
-    state_dir = os.path.join(step_dir, _STATE)
+    state_dir = paths.join(step_dir, _STATE)
     tree = read_tree_metadata(state_dir)
     if "params" not in tree:
         raise CheckpointShapeError(f"{state_dir} has no 'params' tree (keys: {sorted(tree)}).")
@@ -205,13 +210,14 @@ def restore_model_params(
 def is_params_only(path: str, step: int | None = None) -> bool:
     """Whether the checkpoint holds parameters without optimizer state (cannot resume)."""
     step_dir, _ = resolve_checkpoint(path, step)
-    tree = read_tree_metadata(os.path.join(step_dir, _STATE))
+    tree = read_tree_metadata(paths.join(step_dir, _STATE))
     return "opt_state" not in tree
 
 
-def read_tree_metadata(state_dir: str) -> Mapping[str, Any]:
+def read_tree_metadata(state_dir: str | os.PathLike[str]) -> Mapping[str, Any]:
     """The saved tree with array metadata (shape, dtype) at its leaves, read from disk only."""
-    if not os.path.isdir(state_dir):
+    state_dir = _resolve(state_dir)
+    if not state_dir.is_dir():
         raise CheckpointNotFoundError(f"{state_dir} does not exist.")
     logging.getLogger("absl").setLevel(max(logging.getLogger("absl").level, logging.ERROR))
     metadata = ocp.PyTreeCheckpointer().metadata(state_dir)

@@ -18,6 +18,7 @@ import jax
 import optax
 
 from t5x_instruct import partitioning
+from t5x_instruct.errors import UserInputError
 from t5x_instruct.plugins.base import AuxState, SetupContext
 from t5x_instruct.plugins.plugin_set import PluginSet
 from t5x_instruct.training import checkpoints as ckpt_lib
@@ -108,12 +109,68 @@ def make_layout(
     return StateLayout(spec, optimizer, mesh, rules, plugins, aux)
 
 
-def _resumable_step(checkpointer: ckpt_lib.Checkpointer) -> int | None:
-    """The latest step of MODEL_DIR that holds a whole train state (optimizer included)."""
+def _restore_newest_intact(
+    layout: StateLayout, checkpointer: ckpt_lib.Checkpointer
+) -> tuple[TrainState, dict[str, Any]] | None:
+    """The newest training checkpoint of MODEL_DIR that restores, or ``None`` if it has none.
+
+    A damaged one (a data file missing, truncated or overwritten, ``state/`` or its metadata
+    missing, an empty folder: anything that fails to read) is skipped for the one before it;
+    once an intact one restored, each damaged newer one is renamed aside (never deleted)
+    with one warning. When every training checkpoint is damaged nothing is renamed and the
+    run stops with :class:`~t5x_instruct.training.checkpoints.NoIntactCheckpointError`:
+    starting over is the user's call. Another model's checkpoint (a ``UserInputError``) is
+    not damage and stops the run as before. Parameters-only checkpoints are not resumable
+    and are left to the warm start.
+    """
+    damaged: list[tuple[int, str]] = []
     for step in sorted(checkpointer.manager.all_steps(), reverse=True):
-        if not param_checkpoints.is_params_only(checkpointer.directory, step):
-            return step
+        restored = None
+        problem = checkpointer.structural_problem(step)
+        try:
+            if problem is None:
+                if param_checkpoints.is_params_only(checkpointer.directory, step):
+                    continue  # a conversion's parameters: a warm start, not a resume
+                problem = checkpointer.missing_items(step)
+            if problem is None:
+                with ckpt_lib.read_failures_reported_once():
+                    restored = _restore_step(layout, checkpointer, step)
+        except UserInputError:
+            raise
+        except Exception as exc:
+            problem = ckpt_lib.describe_failure(exc, checkpointer.step_dir(step))
+        if ckpt_lib.any_process(problem is not None):  # every process falls back together
+            damaged.append((step, problem or "unreadable on another process"))
+            continue
+        assert restored is not None
+        for bad, why in damaged:
+            moved = checkpointer.set_aside(bad)
+            log.warning(
+                "Checkpoint %s is damaged (%s): moved it to %s and resuming from step %d.",
+                checkpointer.step_dir(bad), why, moved, step,
+            )  # fmt: skip
+        log.info("Resumed from %s at step %d", checkpointer.directory, step)
+        return restored
+    if damaged:
+        listed = "; ".join(f"{checkpointer.step_dir(s)}: {why}" for s, why in damaged)
+        raise ckpt_lib.NoIntactCheckpointError(
+            f"MODEL_DIR has no intact checkpoint to resume from ({listed}). Nothing was "
+            f"changed; to start over, move those folders out of {checkpointer.directory} "
+            "(or use a new MODEL_DIR)."
+        )
     return None
+
+
+def _restore_step(
+    layout: StateLayout, checkpointer: ckpt_lib.Checkpointer, step: int
+) -> tuple[TrainState, dict[str, Any]]:
+    missing = checkpointer.missing_params(step, layout.spec.abstract_params())
+    layout.plugins.check_params_present(
+        missing, f"MODEL_DIR checkpoint {checkpointer.step_dir(step)}"
+    )
+    state, data_state = checkpointer.restore(step, layout.abstract_checkpoint())
+    state = state.replace(aux={**state.aux, **layout.rebuilt_aux(only_uncheckpointed=True)})
+    return state, data_state
 
 
 def restore_or_initialise(
@@ -125,28 +182,22 @@ def restore_or_initialise(
 ) -> tuple[TrainState, dict[str, Any]]:
     """Resume from MODEL_DIR if it has a checkpoint, else initialise (optionally warm-start).
 
-    A MODEL_DIR holding only parameters-only checkpoints (a conversion, ``save_params``) has
+    Resuming falls back past damaged checkpoints (:func:`_restore_newest_intact`). A
+    MODEL_DIR holding only parameters-only checkpoints (a conversion, ``save_params``) has
     no optimizer state to resume: its latest one is the warm start instead.
     """
-    latest = _resumable_step(checkpointer)
+    restored = _restore_newest_intact(layout, checkpointer)
+    if restored is not None:
+        return restored
     params_only = checkpointer.latest_step()
-    if latest is None and params_only is not None:
+    if params_only is not None:
         if initial_checkpoint_path:
             log.warning(
                 "MODEL_DIR holds a parameters-only checkpoint; warm-starting from it, not from "
                 "INITIAL_CHECKPOINT_PATH=%s", initial_checkpoint_path,
             )  # fmt: skip
-        initial_checkpoint_path = os.path.join(checkpointer.directory, str(params_only))
+        initial_checkpoint_path = os.fspath(checkpointer.directory / str(params_only))
         log.info("Warm start from the parameters-only checkpoint %s", initial_checkpoint_path)
-    if latest is not None:
-        missing = checkpointer.missing_params(latest, layout.spec.abstract_params())
-        layout.plugins.check_params_present(
-            missing, f"MODEL_DIR checkpoint {checkpointer.directory}/{latest}"
-        )
-        state, data_state = checkpointer.restore(latest, layout.abstract_checkpoint())
-        state = state.replace(aux={**state.aux, **layout.rebuilt_aux(only_uncheckpointed=True)})
-        log.info("Resumed from %s at step %d", checkpointer.directory, latest)
-        return state, data_state
     params = layout.spec.init_params(layout.mesh, layout.rules)
     if initial_checkpoint_path:
         params = ckpt_lib.load_params_for_warm_start(

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from t5x_instruct.config_validation import check_field_types
 from t5x_instruct.plugins.base import StepContext
 from t5x_instruct.plugins.plugin_set import PluginSet
 from t5x_instruct.training.losses import cross_entropy_sums
@@ -40,6 +41,9 @@ _NO_PLUGINS = PluginSet()
 class LossConfig:
     z_loss: float = 1e-4
     label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
 
 
 def batch_loss_sums(

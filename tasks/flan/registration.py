@@ -28,12 +28,14 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
 import numpy as np
 import seqio
+import tensorflow as tf
 
 from t5x_instruct.data.custom import add_rendered_task, register_mixture
 from t5x_instruct.data.metrics import bleu, exact_match, rouge, squad
@@ -41,6 +43,7 @@ from t5x_instruct.data.registry import set_task_group
 from t5x_instruct.data.templates import FewShot, RenderConfig, Template, TemplateError
 from t5x_instruct.data.templates.fused import register_fused_mixture
 from t5x_instruct.data.vocabularies import ConfiguredVocabulary, make_vocabulary
+from t5x_instruct.errors import DataUnavailableError
 from tasks.flan.datasets import CLUSTERS, DatasetSpec, all_specs
 from tasks.flan.sizes import FLAN2022_COLLECTION_WEIGHTS, capped_rate, num_train_examples
 
@@ -73,6 +76,29 @@ class FlanTfdsSource(seqio.TfdsDataSource):
             return list(super().list_shards(split))
         except Exception:
             return [split]
+
+    def get_dataset(self, split: str | None = None, shuffle: bool = True,
+                    seed: int | None = None, shard_info: seqio.ShardInfo | None = None,
+                    **kwargs: Any) -> Any:  # fmt: skip
+        """The stock load; when it fails on data that is not prepared (TFDS then downloads,
+        impossible offline), one error naming the data set, the folder and what to do."""
+        try:
+            return super().get_dataset(split, shuffle, seed, shard_info, **kwargs)
+        except Exception as e:
+            name = self.tfds_dataset.name or "?"
+            data_dir = self.tfds_dataset.data_dir or os.environ.get(
+                "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets")
+            )
+            folder = os.path.join(data_dir, *name.replace(":", "/").split("/"))
+            if tf.io.gfile.exists(os.path.join(folder, "dataset_info.json")):
+                raise  # prepared: a real read error, keep it as it is
+            reason = str(e).splitlines()[0] if str(e) else ""
+            raise DataUnavailableError(
+                f"TFDS data set {name} is not prepared in {data_dir} and could not be downloaded "
+                f"({type(e).__name__}: {reason}). Prepare it where the network is reachable "
+                f"(`tfds build {name.split(':')[0]}`), copy the folder over, and point TFDS at "
+                "it: TFDS_DATA_DIR=/path/to/tensorflow_datasets."
+            ) from e
 
 
 @functools.cache

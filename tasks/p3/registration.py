@@ -33,6 +33,7 @@ from t5x_instruct.data.rank_classification import (
 )
 from t5x_instruct.data.registry import set_task_group
 from t5x_instruct.data.vocabularies import make_vocabulary
+from t5x_instruct.errors import DataUnavailableError, UserInputError
 from tasks.p3.t0_datasets import P3Dataset
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,35 @@ def huggingface_loader(name: str, subset: str | None, split: str) -> Iterable[Ma
 
 
 _loader: ExampleLoader = huggingface_loader
+
+
+_loadable: set[tuple[int, str, str | None, str]] = set()  # (loader id, name, subset, split)
+
+
+def check_loadable(name: str, subset: str | None, split: str) -> None:
+    """Calls the loader once, outside ``tf.data`` (where an error would arrive wrapped in a
+    TensorFlow traceback), so that unreachable data is one error naming the data set.
+
+    Raises:
+      DataUnavailableError: naming the data set, the reason and how to use local data.
+    """
+    key = (id(_loader), name, subset, split)
+    if key in _loadable:
+        return
+    try:
+        _loader(name, subset, split)
+    except ImportError as e:
+        raise UserInputError(str(e).splitlines()[0]) from e  # says what to install
+    except Exception as e:
+        what = f"{name}/{subset}" if subset else name
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise DataUnavailableError(
+            f"P3 data set {what} (split {split!r}) could not be loaded ({type(e).__name__}: "
+            f"{reason}). Offline, Hugging Face `datasets` reads only its cache: load it once "
+            "where the network is reachable (same HF_HOME) and set HF_DATASETS_OFFLINE=1, or "
+            "read local files through tasks.p3.set_example_loader(...)."
+        ) from e
+    _loadable.add(key)
 
 
 def set_example_loader(loader: ExampleLoader | None) -> ExampleLoader:
@@ -240,6 +270,8 @@ class PromptedSource(seqio.DataSource):
         del shuffle, seed, sequence_length, use_cached, num_epochs  # the Task shuffles/repeats
         if split not in self.splits:
             raise ValueError(f"P3 data set {self._dataset.key} has no split {split!r}.")
+        d = self._dataset
+        check_loadable(d.name, d.subset, d.split_mapping.get(split, split))
         shard = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
         return tf.data.Dataset.from_generator(
             lambda: self.examples(split, *shard),

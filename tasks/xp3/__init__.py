@@ -8,7 +8,9 @@ folders of JSONL files of ``{"inputs", "targets"}`` (``{root}/{language}/*.jsonl
 Registered: a task ``{variant}_{language}`` per language (split ``train``) and mixtures
 ``xp3`` and ``xp3mt`` over them, mixed with ``rate_l ∝ n_l ** (1/T)``
 (:func:`t5x_instruct.data.multilingual.temperature_rates`). Roots default to the Hugging Face
-hub copies and can point at a local or ``gs://`` mirror; nothing is read at registration.
+hub copies and can point at a local or ``gs://`` mirror (``tasks.xp3.register.roots``, bound
+anywhere after ``import tasks.xp3``: the next task lookup re-registers); nothing is read at
+registration, and the mixtures' rates count the files only when the mixture is first read.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from t5x_instruct.data.multilingual import (
     add_language_mixture,
     temperature_rates,
 )
+from t5x_instruct.data.registry import track_gin_bindings
 from t5x_instruct.data.vocabularies import ConfiguredVocabulary, make_vocabulary
 
 # Folder names of the released data: 45 natural languages plus programming code.
@@ -54,6 +57,18 @@ def xp3_vocabulary(path: str | None = None, extra_ids: int = 0) -> seqio.Vocabul
 
 def xp3_task_name(variant: str, language: str) -> str:
     return f"{variant}_{language}"
+
+
+def _local_copy_hint(variant: str) -> str:
+    """How to point a variant at local files (shown when its files cannot be listed)."""
+    repo = DEFAULT_ROOTS[variant].removeprefix("hf://datasets/")
+    local = f"/data/{repo.rsplit('/', 1)[-1]}"
+    return (
+        f"Point it at a local or gs:// copy: bind tasks.xp3.register.roots = "
+        f"{{'{variant}': '{local}'}} after `import tasks.xp3` in your gin file (folders "
+        f"<root>/<language>/*.jsonl, e.g. from `huggingface-cli download {repo} "
+        f"--repo-type dataset --local-dir {local}`)."
+    )
 
 
 @gin.configurable
@@ -88,13 +103,14 @@ def register(
         for language in languages:
             name = xp3_task_name(variant, language)
             pattern = file_pattern.format(root=root.rstrip("/"), language=language)
-            add_jsonl_task(name, {"train": [pattern]}, vocabulary)
+            add_jsonl_task(name, {"train": [pattern]}, vocabulary, hint=_local_copy_hint(variant))
             task_languages[name] = language
         variant_sizes = (sizes or {}).get(variant)
         MIXTURE_RATES[variant] = add_language_mixture(
             variant, task_languages, temperature, sizes=variant_sizes
         )
         mixtures[variant] = list(task_languages)
+    track_gin_bindings(register)  # bindings parsed after `import tasks.xp3` re-register
     return mixtures
 
 

@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from t5x_instruct.errors import UserInputError
+from t5x_instruct.errors import UserInputError, not_utf8
 
 log = logging.getLogger(__name__)
 
@@ -314,10 +314,14 @@ def read_instructions(path: str) -> list[Instruction]:
     """An instruction set written by :func:`write_jsonl` of ``Instruction.to_json`` rows."""
     out = []
     try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
+        with open(path, "rb") as f:  # decoded per line, so a bad byte names its line
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
                     continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise not_utf8(f"{path}:{lineno}", raw, exc) from exc
                 try:
                     row = json.loads(line)
                     item = Instruction(row["kind"], row["instruction"], row["inputs"])
