@@ -6,6 +6,7 @@ The CLI prints these as one readable line and exits with status 2 (bad input) or
 Each also subclasses the builtin type callers would expect (``ValueError``, ``OSError``).
 """
 
+import errno
 import os
 import re
 from collections.abc import Iterator
@@ -112,7 +113,13 @@ def first_line(text: str, limit: int = 300) -> str:
 
 # errno values meaning "the storage refused the write", not "the program asked for the wrong
 # file": disk full, quota, file size limit, read-only file system, I/O error.
-_STORAGE_ERRNOS = frozenset({28, 122, 27, 30, 5})  # ENOSPC, EDQUOT, EFBIG, EROFS, EIO
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+# How every storage failure mid-run ends its one line: what is safe and what to do.
+RERUN_HINT = (
+    "checkpoints already written are kept (rerun the same command to resume from the latest "
+    "one once there is space)."
+)
 
 
 def storage_failure_message(exc: BaseException) -> str | None:
@@ -124,9 +131,5 @@ def storage_failure_message(exc: BaseException) -> str | None:
     for err in exception_chain(exc):
         if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
             where = f"writing {err.filename}" if err.filename else "writing to MODEL_DIR"
-            return (
-                f"{where} failed: [Errno {err.errno}] {err.strerror or os.strerror(err.errno)}; "
-                "checkpoints already written are kept (rerun the same command to resume from "
-                "the latest one once there is space)."
-            )
+            return f"{where} failed: {storage_reason(err)}; {RERUN_HINT}"
     return None

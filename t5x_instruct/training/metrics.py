@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from t5x_instruct.errors import StorageError, first_line, storage_reason
+from t5x_instruct.errors import RERUN_HINT, StorageError, first_line, storage_reason
 from t5x_instruct.runtime import paths
 
 
@@ -89,8 +89,7 @@ class MetricsWriter:
             reason = storage_reason(exc) or first_line(f"{type(exc).__name__}: {exc}")
             raise StorageError(
                 f"writing metrics to {self.path.parent} failed at step {step}: {reason}; "
-                "checkpoints already written are kept (rerun the same command to resume from "
-                "the latest one once there is space)."
+                f"{RERUN_HINT}"
             ) from exc
         return record
 
