@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= /tmp/t5x_instruct_quickstart
 RUN_GIN ?= gin/runs/quickstart.gin
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test` (one per core; `--dist loadfile` keeps a file's tests,
-# and the module-scoped training runs they share, on one worker). 0 runs in-process.
+# pytest-xdist workers for `make test` (one per core; `--dist loadgroup` hands out tests one
+# by one, except that tests sharing a module-scoped training run stay on one worker:
+# tests/conftest.py groups them). 0 runs in-process.
 PYTEST_WORKERS ?= auto
 TORCH_SPEC ?= torch==2.13.0
 
@@ -31,7 +32,7 @@ lint: setup
 
 test: setup lint
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
-		$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+		$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Second CI environment: the next Python / JAX generation (the GPU machines' Python 3.12 and
 # jax 0.11), core only. It installs pyproject's dependencies without TensorFlow/seqio/TFDS and

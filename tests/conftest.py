@@ -2,11 +2,12 @@
 
 import os
 
+import gin
+import pytest
+from helpers import core_only, xla_flags  # neither imports JAX
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
+xla_flags.add_to_environment(devices=8)  # and fast XLA:CPU compiles (tests/helpers/xla_flags.py)
 
 
 # One persistent XLA compilation cache per test session, inherited by the CLI subprocesses:
@@ -18,10 +19,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="t5x_instruct_xla_cache_")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-
-import gin
-import pytest
-from helpers import core_only
 
 # `make test-next`: the core on the next Python / JAX generation (tests/helpers/core_only.py).
 if os.environ.get(core_only.FLAG) == "1":
@@ -39,6 +36,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--core-selection"):
         core_only.apply_selection(config, items)
+    _group_shared_fixtures(items)
+
+
+def _group_shared_fixtures(items: list[pytest.Item]) -> None:
+    """`make test` (pytest-xdist, ``--dist loadgroup``) hands out tests one by one, which
+    balances the workers; a test using a module-scoped fixture (a training run its file's
+    tests share) is grouped with its file, so that the fixture runs once, on one worker."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        scopes = {d.scope for defs in info.name2fixturedefs.values() for d in defs}
+        if "module" in scopes:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from helpers.xla_flags import xla_flags
+
 import t5x_instruct
 
 BLOCKED = ("tensorflow", "seqio", "tensorflow_datasets", "tensorflow_text")
@@ -116,7 +118,7 @@ def test_core_modules_are_discovered() -> None:
 def test_core_imports_and_runs_without_tensorflow() -> None:
     modules = core_modules()
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)  # one device is plenty here
+    env["XLA_FLAGS"] = xla_flags()  # one device is plenty here
     result = subprocess.run(
         [sys.executable, "-c", _CHILD, json.dumps(BLOCKED), json.dumps(modules)],
         capture_output=True,

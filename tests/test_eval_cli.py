@@ -23,6 +23,7 @@ import pytest
 import tensorflow as tf
 from helpers.score_tasks import register_score_eval_mixture, remove
 from helpers.tiny_checkpoints import DemoTokenizer, hf_greedy, hf_log_likelihood
+from helpers.xla_flags import xla_flags
 from transformers import AutoModelForSeq2SeqLM, T5ForConditionalGeneration
 
 import tasks.demo
@@ -139,7 +140,7 @@ def test_eval_every_checkpoint_resumes_after_a_kill(run_dir, tmp_path, monkeypat
     step_2 = (out / "step_2.json").read_bytes()
 
     # The real command line, in a fresh process: only the steps not evaluated yet.
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags()}
     done = subprocess.run(
         [sys.executable, "-m", "t5x_instruct.eval", *_eval_args(run_dir, out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.xla_flags import xla_flags
 
 from t5x_instruct.training.loop import _final_eval_split
 
@@ -28,7 +29,7 @@ sys.exit(code)
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags()}
     return subprocess.run(
         [sys.executable, "-c", _SCRIPT, *args], cwd=REPO, env=env, capture_output=True,
         text=True, timeout=600,

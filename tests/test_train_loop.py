@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gin
 import pytest
+from helpers.xla_flags import xla_flags
 
 import tasks.demo
 from t5x_instruct.models import DecoderConfig, T5Config, build_model
@@ -120,7 +121,7 @@ sys.exit(train.main(sys.argv[3:]))
 
 
 def _run(args: list[str], *prefix: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags()}
     return subprocess.run(
         [sys.executable, *prefix, *args], cwd=REPO, env=env, capture_output=True, text=True,
         timeout=600,
