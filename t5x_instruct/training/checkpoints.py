@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import logging
 import os
 import re
@@ -322,6 +323,18 @@ def _is_closed_loop_noise(exc: BaseException | None, tb: Any = None) -> bool:
     )
 
 
+def _is_abandoned_read(obj: Any, exc: BaseException | None) -> bool:
+    """Orbax's read of one array shard, left unfinished when another read of the same restore
+    failed (the restore raised that failure, and we report it). Orbax turns the
+    ``GeneratorExit`` of its closing into an ``Exception``, which Python reports whenever the
+    garbage collector meets the coroutine, possibly long after the restore."""
+    return (
+        inspect.iscoroutine(obj)
+        and obj.__name__ == "_read_array_index_and_device_put"
+        and isinstance(getattr(exc, "__cause__", None), GeneratorExit)  # closed unfinished
+    )
+
+
 class _DropReportedFailures(logging.Filter):
     """Orbax logs a failed background save once per thread (and asyncio its unretrieved
     tasks), each with a traceback; :class:`Checkpointer` raises it once, as a
@@ -352,7 +365,8 @@ def read_failures_reported_once() -> Iterator[None]:
     """Around reading a checkpoint that may be damaged. One failed read leaves TensorStore's
     other reads of that step as unretrieved asyncio tasks, each logged with a traceback
     whenever the garbage collector meets it; the caller reports the damage once itself.
-    Collected here, inside the filter, so none is logged later."""
+    Collected here, inside the filter, so none is logged later: catch the failure inside the
+    context too, or the reads its traceback keeps alive outlive the collection."""
     quiet = _DropErrorTracebacks()
     loggers = [logging.getLogger(name) for name in ("asyncio", "absl")]
     for logger in loggers:
@@ -370,7 +384,8 @@ _QUIETED = False
 
 def quiet_reported_failures() -> None:
     """Install :class:`_DropReportedFailures` and a ``sys.unraisablehook`` that drops the
-    ``'Event loop is closed'`` errors of TensorStore callbacks (once per process)."""
+    ``'Event loop is closed'`` errors of TensorStore callbacks and the abandoned reads of a
+    failed restore (once per process)."""
     global _QUIETED
     if _QUIETED:
         return
@@ -380,7 +395,8 @@ def quiet_reported_failures() -> None:
     previous = sys.unraisablehook
 
     def unraisablehook(args: Any) -> None:
-        if not _is_closed_loop_noise(args.exc_value, args.exc_traceback):
+        noise = _is_closed_loop_noise(args.exc_value, args.exc_traceback)
+        if not (noise or _is_abandoned_read(args.object, args.exc_value)):
             previous(args)
 
     sys.unraisablehook = unraisablehook

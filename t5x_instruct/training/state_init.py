@@ -127,18 +127,20 @@ def _restore_newest_intact(
     for step in sorted(checkpointer.manager.all_steps(), reverse=True):
         restored = None
         problem = checkpointer.structural_problem(step)
-        try:
-            if problem is None:
-                if param_checkpoints.is_params_only(checkpointer.directory, step):
-                    continue  # a conversion's parameters: a warm start, not a resume
-                problem = checkpointer.missing_items(step)
-            if problem is None:
-                with ckpt_lib.read_failures_reported_once():
+        # A failure is described inside the context: the abandoned reads its traceback keeps
+        # alive are collected there, with their reports dropped, not later at random.
+        with ckpt_lib.read_failures_reported_once():
+            try:
+                if problem is None:
+                    if param_checkpoints.is_params_only(checkpointer.directory, step):
+                        continue  # a conversion's parameters: a warm start, not a resume
+                    problem = checkpointer.missing_items(step)
+                if problem is None:
                     restored = _restore_step(layout, checkpointer, step)
-        except UserInputError:
-            raise
-        except Exception as exc:
-            problem = ckpt_lib.describe_failure(exc, checkpointer.step_dir(step))
+            except UserInputError:
+                raise
+            except Exception as exc:
+                problem = ckpt_lib.describe_failure(exc, checkpointer.step_dir(step))
         if ckpt_lib.any_process(problem is not None):  # every process falls back together
             damaged.append((step, problem or "unreadable on another process"))
             continue
