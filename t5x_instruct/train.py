@@ -22,6 +22,7 @@ def main(argv: Sequence[str]) -> int:
     from t5x_instruct.cli.runner import setup_process
 
     setup_process()  # logging, quiet start-up, `tasks/` importable
+    from t5x_instruct.cli.compilation_cache import compilation_cache
     from t5x_instruct.cli.gin_flags import call_with_required_macros, configure
     from t5x_instruct.errors import (
         STORAGE_ERROR_EXIT_CODE,
@@ -35,6 +36,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         flags, argv = distributed.split_flags(argv)
         configure(argv)
+        compilation_cache()  # before the first compile
         distributed.initialize(flags)  # before anything starts a JAX backend
         summary = call_with_required_macros(train)
     except Exception as exc:

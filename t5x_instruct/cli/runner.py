@@ -45,6 +45,7 @@ def run_gin_command(
     setup_process()
     # Run files and a run's config.gin also bind the trainer's configurables.
     import t5x_instruct.training.loop  # noqa: F401
+    from t5x_instruct.cli.compilation_cache import compilation_cache
     from t5x_instruct.cli.gin_flags import call_with_required_macros, configure
     from t5x_instruct.errors import user_error_message
     from t5x_instruct.runtime import distributed
@@ -57,6 +58,7 @@ def run_gin_command(
             prog=prog,
             description=description,
         )
+        compilation_cache()  # before the first compile
         distributed.initialize(flags)  # multi-host flags; before any JAX backend starts
         call_with_required_macros(fn, macros)
     except Exception as exc:
