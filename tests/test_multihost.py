@@ -1,11 +1,14 @@
-"""Multi-host training without TPUs: 2 CPU processes x 4 devices on localhost, joined by
-``jax.distributed`` (gloo collectives), against the same run as 1 process x 8 devices.
+"""Multi-host training through the real CLI: 2 CPU processes x 4 devices on localhost, joined
+by ``jax.distributed`` (gloo collectives), against the same run as 1 process x 8 devices.
 
-Each 2-process run is the real CLI (``t5x_instruct.train.main`` with ``--coordinator_address=...
---num_processes=2 --process_id=i``) on a one-layer T5 for 4 steps; one job runs two of them
-in turn, to pay process start-up once. The oracle is the same command in one process over 8
-devices: sharding and process count must not change the math,
-so the losses agree to 1e-6 (fp32; only the collectives' summation order differs).
+Each 2-process run is ``t5x_instruct.train.main`` with ``--coordinator_address=...
+--num_processes=2 --process_id=i`` on a one-layer T5 for 4 steps, reading the demo task
+through seqio; a job runs several in turn, to pay process start-up (TensorFlow) once. The
+oracle is the same command in one process over 8 devices: process count must not change the
+math, so the losses agree to 1e-6 (fp32; only the collectives' summation order differs).
+The drills here are the CLI's (SIGTERM on one host, a full disk on process 0, process 0
+alone writing the run's files); ``tests/test_multihost_core.py`` is the short 2-process test
+of the core (the data-parallel and FSDP layouts, checkpoints), without TensorFlow.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from pathlib import Path
 
 import pytest
 import seqio  # noqa: F401  (the CLI subprocesses read the demo task through seqio)
+from helpers.xla_flags import xla_flags
 
 from t5x_instruct import train as train_cli
+from t5x_instruct.errors import STORAGE_ERROR_EXIT_CODE
 from t5x_instruct.runtime.preemption import PREEMPTED_EXIT_CODE
 from t5x_instruct.training.metrics import read_metrics
 
@@ -51,25 +56,30 @@ COMMON = [
     "--gin.train.progress_bar=False",
     "--gin.train.async_checkpointing=False",
 ]
-# data: every device its own rows; fsdp: parameters sharded across both hosts. (Layouts where
-# hosts share rows, e.g. tensor across hosts, are covered by the row assignment tests in
-# tests/test_distributed_setup.py; one more 2-process run here costs a quarter of this file.)
+# Data-parallel: every device its own rows. (FSDP across hosts: tests/test_multihost_core.py;
+# layouts where hosts share rows, e.g. tensor across hosts: the row assignment tests in
+# tests/test_distributed_setup.py.)
 LAYOUTS = {
     "data": ["--gin.MeshConfig.data=8", "--gin.standard_logical_axis_rules.parallelism='data'"],
-    "fsdp": ["--gin.MeshConfig.data=1", "--gin.MeshConfig.fsdp=8"],
 }
 
 # One process of a job, running several training runs in turn (process start-up, TensorFlow
-# and jax.distributed are paid once). argv[1]: JSON list of [CLI args, sigterm_at]; with
-# sigterm_at=n and T5XI_SIGTERM=1 the process sends itself SIGTERM after logging step n (as a
-# scheduler preempting one host would), then stalls so the other host runs ahead into the next
-# step's collectives. Exits with the first non-zero status, else 0.
+# and jax.distributed are paid once). argv[1]: JSON list of [CLI args, sigterm_at, full_at];
+# with sigterm_at=n and T5XI_SIGTERM=1 the process sends itself SIGTERM after logging step n
+# (as a scheduler preempting one host would), then stalls so the other host runs ahead into
+# the next step's collectives; with full_at=n, process 0's metrics write at step n fails as a
+# full disk makes it. Exits with the first non-zero status, else 0.
 _PROCESS = """
-import json, os, signal, sys, time
+import errno, json, os, signal, sys, time
 from t5x_instruct import train
 from t5x_instruct.training import metrics
-original = metrics.MetricsWriter.write
-for args, hit in json.loads(sys.argv[1]):
+original, original_append = metrics.MetricsWriter.write, metrics.MetricsWriter._append
+for args, hit, full in json.loads(sys.argv[1]):
+    def append(self, line, full=full):  # process 0's file write (the writer's only caller)
+        if json.loads(line)["step"] == full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original_append(self, line)
+    metrics.MetricsWriter._append = append
     def write(self, step, values, hit=hit):
         out = original(self, step, values)
         if step == hit and os.environ.get("T5XI_SIGTERM") == "1":
@@ -91,13 +101,14 @@ def _free_port() -> int:
 
 
 def _two_processes(
-    runs: list[tuple[Path, str, int]], *, sigterm_process: int | None = None
+    runs: list[tuple[Path, str, int, int]], *, sigterm_process: int | None = None
 ) -> list[subprocess.CompletedProcess]:
-    """``runs`` (model dir, layout, SIGTERM step or 0) one after another in a 2-process job
-    on localhost; returns both processes' results."""
+    """``runs`` (model dir, layout, SIGTERM step or 0, full-disk step or 0) one after another
+    in a 2-process job on localhost; returns both processes' results."""
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    keep = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE")  # the session's cache
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k.startswith(keep)}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices=4))
     procs = []
     for index in range(2):
         flags = [
@@ -105,8 +116,8 @@ def _two_processes(
             f"--process_id={index}",
         ]  # fmt: skip
         plan = [
-            ([*COMMON, *LAYOUTS[layout], f"--gin.MODEL_DIR={model_dir}", *flags], hit)
-            for model_dir, layout, hit in runs
+            ([*COMMON, *LAYOUTS[layout], f"--gin.MODEL_DIR={model_dir}", *flags], hit, full)
+            for model_dir, layout, hit, full in runs
         ]
         extra = {"T5XI_SIGTERM": "1"} if index == sigterm_process else {}
         command = [sys.executable, "-c", _PROCESS, json.dumps(plan)]
@@ -167,39 +178,36 @@ def oracle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """One 2-process job: an fsdp run, then a data-parallel run that process 1 preempts with
-    SIGTERM after step 1."""
-    root = tmp_path_factory.mktemp("two_processes")
-    dirs = {layout: root / layout for layout in ("fsdp", "data")}
-    runs = [(dirs["fsdp"], "fsdp", 0), (dirs["data"], "data", 1)]
-    return dirs, _two_processes(runs, sigterm_process=1)
+    """One 2-process job: a data-parallel run that process 1 preempts with SIGTERM after
+    step 1. Also returns the run's files as the job left them (a resume adds its own)."""
+    model_dir = tmp_path_factory.mktemp("two_processes") / "data"
+    results = _two_processes([(model_dir, "data", 1, 0)], sigterm_process=1)
+    files = {
+        "tb": os.listdir(model_dir / "tb"),
+        "config.gin": (model_dir / "config.gin").exists(),
+        "metrics steps": [int(r["step"]) for r in read_metrics(str(model_dir))],
+    }
+    return model_dir, results, files
 
 
-def test_two_processes_match_one_process(job, oracle) -> None:
-    layout = "fsdp"
-    dirs, results = job
-    for r in results:  # the first run finished (the second is the preempted one)
-        assert r.stderr.count("run finished with status 0") == 1, _stderr(results)
-    model_dir = dirs[layout]
-    _assert_same_losses(_losses(model_dir), oracle(layout))
-    # Process 0 alone writes the run's files: one TensorBoard file, one config.gin.
-    assert len(os.listdir(model_dir / "tb")) == 1
-    assert (model_dir / "config.gin").exists()
-    # Both processes wrote their array shards into the one checkpoint.
-    state = os.listdir(model_dir / "checkpoints" / str(TRAIN_STEPS) / "state")
-    assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(state), state
+def test_process_0_alone_writes_the_run_files(job) -> None:
+    _, results, files = job
+    assert [r.returncode for r in results] == [PREEMPTED_EXIT_CODE] * 2, _stderr(results)
+    assert len(files["tb"]) == 1, files  # one TensorBoard event file
+    assert files["config.gin"]
+    steps = files["metrics steps"]  # one writer: each step logged once, in order
+    assert steps and steps == list(range(1, steps[-1] + 1)), files
 
 
 def test_sigterm_on_one_process_saves_the_same_step_everywhere_and_resumes_exactly(
     job, oracle, tmp_path
 ) -> None:
-    dirs, first = job
-    preempted = dirs["data"]
+    preempted, first, _ = job
     assert [r.returncode for r in first] == [PREEMPTED_EXIT_CODE] * 2, _stderr(first)
     saved = [re.findall(r"SIGTERM received: saving step (\d+)", r.stderr) for r in first]
     assert saved[0] and saved[0] == saved[1], _stderr(first)  # both hosts, the same step
     step = int(saved[0][0])
-    assert 1 < step < TRAIN_STEPS
+    assert 1 <= step < TRAIN_STEPS  # the step after the furthest any process had reached
     assert _checkpoint_steps(preempted) == [step]
     state = os.listdir(preempted / "checkpoints" / str(step) / "state")
     assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(state), state
@@ -207,9 +215,18 @@ def test_sigterm_on_one_process_saves_the_same_step_everywhere_and_resumes_exact
     other_count = tmp_path / "resumed_by_one_process"
     shutil.copytree(preempted, other_count)
 
-    # Resumed by both processes: the losses an uninterrupted 1-process run has.
-    resumed = _two_processes([(preempted, "data", 0)])
-    assert [r.returncode for r in resumed] == [0, 0], _stderr(resumed)
+    # Resumed by both processes: the losses an uninterrupted 1-process run has. Then, in the
+    # same job, a run whose process 0 finds the disk full at step 2: both processes stop
+    # there with exit status 3 (process 1 does not wait in step 3's collectives).
+    full_disk = tmp_path / "full_disk"
+    resumed = _two_processes([(preempted, "data", 0, 0), (full_disk, "data", 0, 2)])
+    for r in resumed:
+        assert r.stderr.count("run finished with status 0") == 1, _stderr(resumed)
+    assert [r.returncode for r in resumed] == [STORAGE_ERROR_EXIT_CODE] * 2, _stderr(resumed)
+    assert "failed at step 2: [Errno 28] No space left on device" in resumed[0].stderr
+    assert "writing metrics at step 2 failed on process 0" in resumed[1].stderr
+    assert "Traceback" not in resumed[1].stderr, _stderr(resumed)
+    assert [r["step"] for r in read_metrics(str(full_disk))] == [1]
     assert all("Resumed from" in r.stderr for r in resumed)
     # Each data shard's iterator checkpoint (written by the process owning it) was restored.
     assert all("restored the tf.data iterators" in r.stderr for r in resumed), _stderr(resumed)

@@ -8,11 +8,13 @@ before the first run. On real pods it only costs one coordination round per prog
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
 _barrier_count = 0
+T = TypeVar("T")
 
 
 def barrier(name: str, *, timeout_s: int = 3600) -> None:
@@ -56,3 +58,40 @@ class CompiledTogether:
             barrier(f"compiled:{self._name}")
             self._compiled[key] = compiled
         return compiled(*args)
+
+
+def write_together(what: str, write: Callable[[], T] | None) -> T | None:
+    """``write()`` here (``None``: this process writes nothing, e.g. not process 0); every
+    process raises if the write failed on any of them. Every process calls this at the same
+    point, and gets ``write``'s result (``None`` where it had none).
+
+    Process 0 alone writes metrics, the run's config and its summary: when its storage refuses
+    a write (an ``OSError``), the others would otherwise run on into the next step's
+    collectives and wait there until the coordination service times out. One all-gather of a
+    flag (at each log point, not each step) lets them stop at once, with a
+    :class:`~t5x_instruct.errors.StorageError` naming the process that failed. One process:
+    ``write``'s error propagates unchanged.
+    """
+    import jax
+
+    result, error = None, None
+    try:
+        result = write() if write is not None else None
+    except OSError as err:
+        error = err
+    failed: list[int] = []
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.asarray(int(error is not None), np.int32))
+        failed = [index for index, flag in enumerate(np.ravel(flags)) if flag]
+    if error is not None:
+        raise error
+    if failed:
+        from t5x_instruct.errors import RERUN_HINT, StorageError
+
+        raise StorageError(
+            f"{what} failed on process {failed[0]} (its log says why); process "
+            f"{jax.process_index()} stops with it: {RERUN_HINT}"
+        )
+    return result

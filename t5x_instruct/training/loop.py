@@ -7,6 +7,7 @@ The data layer (seqio / TensorFlow) is imported here lazily, never by the step i
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -262,6 +263,7 @@ def train(
     tokens_since_log = steps_since_log = 0
     last_log_time = time.perf_counter()
     first_step_time: float | None = None
+    in_flight: Any = None  # the previous step's metrics, until that step has run
     stop: tuple[int, list[str]] | None = None  # (step, plug-ins) when a plug-in stopped the run
     bar = tqdm(
         total=train_steps,
@@ -276,6 +278,11 @@ def train(
             tokens_since_log += host_data.token_count(host_shards, num_shards)
             batch = host_data.global_batch(host_shards, num_shards, mesh, rules)
             state, metrics = jit_step(state, batch, rng)
+            # Dispatch runs at most one step ahead of the device: the progress bar counts
+            # steps that ran (not steps queued), and batches do not pile up on the device.
+            if in_flight is not None:
+                jax.block_until_ready(in_flight)
+            in_flight = metrics
             step += 1
             steps_since_log += 1
             bar.update(1)
@@ -314,7 +321,11 @@ def train(
                     action, who = plugin_set.after_eval(step, record)
                     if action == Action.STOP:
                         stop = (step, who)
-                written = writer.write(step, record)
+                # Every process calls it (only process 0's writer writes): all stop together
+                # if the storage refused the write.
+                written = lockstep.write_together(
+                    f"writing metrics at step {step}", functools.partial(writer.write, step, record)
+                )
                 bar.set_postfix(loss=f"{written['loss']:.3f}")
                 tokens_since_log = steps_since_log = 0
                 last_log_time = time.perf_counter()
@@ -357,11 +368,15 @@ def train(
             summary["plugins"] = _plugin_metrics(
                 plugin_set, layout, state, evaluator, model_dir, summary["eval"]
             )
+        write_summary = None  # only process 0 writes; every process reaches the all-gather
         if is_writer:
             print_eval_table(results)
-            paths.write_text_atomic(
-                paths.join(model_dir, "summary.json"), json.dumps(summary, indent=2)
+            write_summary = functools.partial(
+                paths.write_text_atomic,
+                paths.join(model_dir, "summary.json"),
+                json.dumps(summary, indent=2),
             )
+        lockstep.write_together("writing summary.json", write_summary)
     writer.close()
     return summary
 
@@ -388,11 +403,15 @@ def _write_operative_config(model_dir: str) -> None:
     """MODEL_DIR/config.gin: every binding the run used, defaults included (as T5X writes it).
 
     Written once the first step ran, when gin has seen every configurable called; it parses
-    back as a gin file (e.g. for ``python -m t5x_instruct.eval``). Process 0 only.
+    back as a gin file (e.g. for ``python -m t5x_instruct.eval``). Process 0 writes it; every
+    process calls this, and all of them stop if the write fails.
     """
-    if jax.process_index() != 0:
-        return
-    paths.write_text_atomic(paths.join(model_dir, "config.gin"), gin_utils.operative_config_text())
+
+    def write() -> None:
+        text = gin_utils.operative_config_text()
+        paths.write_text_atomic(paths.join(model_dir, "config.gin"), text)
+
+    lockstep.write_together("writing config.gin", write if jax.process_index() == 0 else None)
 
 
 def _final_eval_split(available: set[str], requested: str, validation: str) -> str | None:

@@ -87,9 +87,11 @@ SELECTION = (
     "tests/test_ifs_data.py",
     "tests/test_ifs_plugin.py::test_plateau_rule[",
     "tests/test_ifs_plugin.py::test_settings_are_checked",
-    # AOT for a TPU slice (libtpu of this jax), multi-host set-up, paths, every core import
+    # AOT for a TPU slice (libtpu of this jax), multi-host set-up and a 2-process run (gloo),
+    # paths, every core import
     "tests/test_aot_compile.py",
     "tests/test_distributed_setup.py",
+    "tests/test_multihost_core.py",
     "tests/test_cloud_paths.py",
     "tests/test_core_without_tensorflow.py",
 )
