@@ -63,6 +63,8 @@ def _main(model_dir: Path) -> int:
 
 def _cli(model_dir: Path, *prefix: str) -> subprocess.CompletedProcess:
     """``python <prefix> <RUN_ARGS> --gin.MODEL_DIR=...`` in a fresh process on one device."""
+    import seqio  # noqa: F401  (the subprocess reads the demo task: skipped where seqio is not)
+
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags()}
     args = [*prefix, *RUN_ARGS, f"--gin.MODEL_DIR={model_dir}"]
     return subprocess.run(

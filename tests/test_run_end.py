@@ -29,6 +29,8 @@ sys.exit(code)
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
+    import seqio  # noqa: F401  (the subprocess reads its task: skipped where seqio is not)
+
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags()}
     return subprocess.run(
         [sys.executable, "-c", _SCRIPT, *args], cwd=REPO, env=env, capture_output=True,
