@@ -35,15 +35,14 @@ test: setup lint
 		$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Second CI environment: the next Python / JAX generation (the GPU machines' Python 3.12 and
-# jax 0.11), core only. It installs pyproject's dependencies without TensorFlow/seqio/TFDS and
-# without torch/transformers (tools/core_requirements.py; PyPI's torch is a multi-GB CUDA build
-# for this Python), and each test that imports one of them is skipped there with a reason
-# naming this environment. `--core-selection` runs the tests listed in
-# tests/helpers/core_only.py: each JAX surface that changes between generations once (kernels,
-# Pallas interpret + lowering, sharded Pallas, partitioning, models, train step, checkpoints,
-# decoding, plug-ins, TPU AOT), a few minutes; `make test-next NEXT_PYTEST_ARGS=` runs every
-# TF-free test (~36 min on 2 loaded cores).
-NEXT_PYTEST_ARGS ?= --core-selection
+# jax 0.11), the whole suite. It installs pyproject's dependencies with TensorFlow, seqio and
+# TFDS (tools/next_requirements.py) but without torch/transformers (PyPI's torch is a
+# multi-GB CUDA build for this Python): the Hugging Face oracle tests are skipped there, each
+# with a reason naming this environment (tests/helpers/next_environment.py). 14 min on
+# 2 cores; `make test-next NEXT_PYTEST_ARGS=--core-selection` runs only each JAX surface
+# that changes between generations once (kernels, Pallas interpret + lowering, sharded
+# Pallas, partitioning, models, train step, checkpoints, decoding, plug-ins, TPU AOT): 2 min.
+NEXT_PYTEST_ARGS ?= -n $(PYTEST_WORKERS) --dist loadgroup
 NEXT_PYTHON_VERSION ?= 3.12
 NEXT_JAX_SPEC ?= jax[tpu]==0.11.2
 NEXT_VENV ?= .venv312
@@ -52,7 +51,7 @@ NEXT_PY := $(NEXT_VENV)/bin/python
 PYENV_VERSIONS := $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions
 NEXT_PYTHON ?= $(or $(lastword $(sort $(wildcard $(PYENV_VERSIONS)/$(NEXT_PYTHON_VERSION).[0-9]*/bin/python))),$(shell command -v python$(NEXT_PYTHON_VERSION)))
 
-$(NEXT_VENV)/.installed: pyproject.toml tools/core_requirements.py
+$(NEXT_VENV)/.installed: pyproject.toml tools/next_requirements.py
 	@if [ -z "$(NEXT_PYTHON)" ]; then \
 		echo "make test-next: no Python $(NEXT_PYTHON_VERSION) found (neither pyenv nor" \
 			"python$(NEXT_PYTHON_VERSION) on PATH). Install one (pyenv install $(NEXT_PYTHON_VERSION)" \
@@ -60,14 +59,15 @@ $(NEXT_VENV)/.installed: pyproject.toml tools/core_requirements.py
 		exit 1; fi
 	$(NEXT_PYTHON) -m venv $(NEXT_VENV)
 	$(NEXT_PY) -m pip install -q --upgrade "pip>=24"
-	$(NEXT_PY) tools/core_requirements.py --jax "$(NEXT_JAX_SPEC)" > $(NEXT_VENV)/core-requirements.txt
-	$(NEXT_PY) -m pip install -q -r $(NEXT_VENV)/core-requirements.txt
+	$(NEXT_PY) tools/next_requirements.py --jax "$(NEXT_JAX_SPEC)" > $(NEXT_VENV)/requirements.txt
+	$(NEXT_PY) -m pip install -q -r $(NEXT_VENV)/requirements.txt
 	$(NEXT_PY) -m pip install -q --no-deps -e .
+	$(NEXT_PY) -m pip install -q --no-deps --ignore-requires-python "promptsource==0.2.3"
 	touch $@
 
 test-next: $(NEXT_VENV)/.installed
 	$(NEXT_PY) -c "import jax, sys; print('test-next: Python', sys.version.split()[0], 'jax', jax.__version__)"
-	T5X_INSTRUCT_CORE_TESTS_ONLY=1 XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+	T5X_INSTRUCT_NEXT_ENVIRONMENT=1 XLA_FLAGS=--xla_force_host_platform_device_count=8 \
 		JAX_PLATFORMS=cpu $(NEXT_PY) -m pytest -q $(NEXT_PYTEST_ARGS)
 
 quickstart: setup

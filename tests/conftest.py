@@ -4,7 +4,7 @@ import os
 
 import gin
 import pytest
-from helpers import core_only, xla_flags  # neither imports JAX
+from helpers import next_environment, xla_flags  # neither imports JAX
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 xla_flags.add_to_environment(devices=8)  # and fast XLA:CPU compiles (tests/helpers/xla_flags.py)
@@ -20,22 +20,23 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="t5x_instruct_xla_cache_")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
-# `make test-next`: the core on the next Python / JAX generation (tests/helpers/core_only.py).
-if os.environ.get(core_only.FLAG) == "1":
-    core_only.install_skip_finder()
+# `make test-next`: the next Python / JAX generation (tests/helpers/next_environment.py).
+if os.environ.get(next_environment.FLAG) == "1":
+    next_environment.install_skip_finder()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--core-selection",
         action="store_true",
-        help="run only the tests of tests/helpers/core_only.py SELECTION (make test-next)",
+        help="run only the tests of tests/helpers/next_environment.py SELECTION (a quick check "
+        "of the JAX surfaces that change between generations)",
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--core-selection"):
-        core_only.apply_selection(config, items)
+        next_environment.apply_selection(config, items)
     _group_shared_fixtures(items)
 
 

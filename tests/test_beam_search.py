@@ -163,8 +163,8 @@ def test_decoder_mixed_prompt_lengths_beam_like_each_alone(prefix_lm: bool) -> N
 # ----------------------------------------------------------------------------- Hugging Face
 
 
-# torch / transformers are imported where used: the core-only run (`make test-next`) has
-# neither and skips just the Hugging Face comparisons.
+# torch / transformers are imported where used: the second test environment (`make test-next`)
+# has neither and skips just the Hugging Face comparisons.
 def _hf_beams(hf, enc: np.ndarray, *, beams: int, steps: int, **kwargs) -> tuple:
     import torch
     from helpers.hf_models import torch_ints

@@ -31,7 +31,7 @@ STEP = 1000
 
 def _hf():
     """helpers.hf_models (torch, transformers): imported by the tests that use it only, so the
-    core-only run (`make test-next`) still runs the others."""
+    second test environment (`make test-next`, no torch) still runs the others."""
     import helpers.hf_models
 
     return helpers.hf_models

@@ -1,10 +1,11 @@
-"""Print the requirements of the TF-free core test run (`make test-next`), one per line.
+"""Print the requirements of the second test environment (`make test-next`), one per line.
 
-The second CI environment (the newer Python / JAX generation) tests only the core, so it
-installs pyproject's dependencies and `[test]` extra without the packages that only the data
-layer (TensorFlow via seqio / TFDS) and the Hugging Face / PyTorch oracle tests need — a CUDA
-torch build alone would be several GB there. Read from pyproject.toml, so a new dependency is
-picked up without editing the Makefile.
+The second CI environment (the newer Python / JAX generation of the GPU machines) runs the
+whole suite, so it installs pyproject's dependencies and its `[test]` and `[p3]` extras,
+except torch and transformers: the Hugging Face oracle tests stay in `make test`, because
+PyPI's torch for that Python is a CUDA build of several GB (the CPU wheel on this disk is for
+Python 3.11 only). Read from pyproject.toml, so a new dependency is picked up without editing
+the Makefile.
 """
 
 from __future__ import annotations
@@ -14,19 +15,21 @@ import re
 import tomllib
 from pathlib import Path
 
-# Left out of the core run; tests/conftest.py skips the tests that import them, naming them.
-NOT_IN_CORE = ("seqio", "tensorflow-datasets", "torch", "transformers", "datasets")
+# Left out; tests/helpers/next_environment.py skips the tests that import them, naming them.
+LEFT_OUT = ("torch", "transformers")
+EXTRAS = ("test", "p3")
 
 
 def _name(requirement: str) -> str:
     return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
-def core_requirements(pyproject: Path, jax_spec: str) -> list[str]:
-    """pyproject's dependencies + [test], minus NOT_IN_CORE, with jax pinned to ``jax_spec``."""
+def next_requirements(pyproject: Path, jax_spec: str) -> list[str]:
+    """pyproject's dependencies + EXTRAS, minus LEFT_OUT, with jax pinned to ``jax_spec``."""
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
-    wanted = [*project["dependencies"], *project["optional-dependencies"]["test"]]
-    kept = [r for r in wanted if _name(r) not in (*NOT_IN_CORE, "jax")]
+    extras = project["optional-dependencies"]
+    wanted = [*project["dependencies"], *(r for extra in EXTRAS for r in extras[extra])]
+    kept = [r for r in wanted if _name(r) not in (*LEFT_OUT, "jax")]
     return [jax_spec, *dict.fromkeys(kept)]
 
 
@@ -36,7 +39,7 @@ def main() -> None:
     default = Path(__file__).parents[1] / "pyproject.toml"
     parser.add_argument("--pyproject", type=Path, default=default)
     args = parser.parse_args()
-    print("\n".join(core_requirements(args.pyproject, args.jax)))
+    print("\n".join(next_requirements(args.pyproject, args.jax)))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
-"""The second CI environment (`make test-next`): the core on the next Python / JAX generation.
+"""The second CI environment (`make test-next`): the suite on the next Python / JAX generation.
 
-That environment installs the core's dependencies only (tools/core_requirements.py), so:
+That environment installs every dependency except torch and transformers
+(tools/next_requirements.py), so:
 
-* a test whose code imports one of ``NOT_IN_CORE`` is skipped there, with a reason that names
-  the test, the package and the environment (`install_skip_finder`). Anywhere else a missing
-  package stays an import error: nothing is skipped in `make test`.
+* a test whose code imports one of ``NOT_INSTALLED`` (the Hugging Face oracles) is skipped
+  there, with a reason that names the test, the package and the environment
+  (`install_skip_finder`). Anywhere else a missing package stays an import error: nothing is
+  skipped in `make test`.
 * `--core-selection` keeps the tests of ``SELECTION`` only: each JAX surface that changes
   between generations (Pallas lowering and interpret, shard_map, NamedSharding, remat policies,
-  orbax, libtpu AOT, nnx transforms, optax partitions, PRNG) once, in a few minutes on 2 cores.
-  The whole core there (`make test-next NEXT_PYTEST_ARGS=`) takes ~36 minutes on a loaded
-  2-core machine, too long for CI next to `make test`.
+  orbax, libtpu AOT, nnx transforms, optax partitions, PRNG) once, in ~2 minutes on 2 cores,
+  for a quick check after a JAX upgrade; CI runs the whole suite (~14 minutes).
 """
 
 from __future__ import annotations
@@ -22,19 +23,9 @@ from pathlib import Path
 
 import pytest
 
-FLAG = "T5X_INSTRUCT_CORE_TESTS_ONLY"  # "1": the missing packages below skip, not fail
-NOT_IN_CORE = frozenset(
-    (
-        "tensorflow",
-        "tensorflow_datasets",
-        "tensorflow_text",
-        "seqio",
-        "promptsource",
-        "datasets",
-        "torch",
-        "transformers",
-    )
-)
+FLAG = "T5X_INSTRUCT_NEXT_ENVIRONMENT"  # "1": the missing packages below skip, not fail
+# PyPI's torch for this Python is a multi-GB CUDA build; transformers' models need torch.
+NOT_INSTALLED = frozenset(("torch", "transformers"))
 REPO = Path(__file__).resolve().parents[2]
 
 # Node ids or their prefixes up to "::" (a file) or "[" (every parametrization of a test). An
@@ -112,12 +103,12 @@ def _repo_frames() -> Iterator[tuple[Path, int]]:
         frame = frame.f_back
 
 
-class _SkipWhatTheCoreEnvironmentLacks(importlib.abc.MetaPathFinder):
+class _SkipWhatTheNextEnvironmentLacks(importlib.abc.MetaPathFinder):
     """Last on sys.meta_path: consulted only for a module that no installed finder has."""
 
     def find_spec(self, fullname, path=None, target=None):
         top = fullname.partition(".")[0]
-        if top not in NOT_IN_CORE:
+        if top not in NOT_INSTALLED:
             return None
         frames = list(_repo_frames())
         if not frames:
@@ -127,14 +118,14 @@ class _SkipWhatTheCoreEnvironmentLacks(importlib.abc.MetaPathFinder):
         python = ".".join(map(str, sys.version_info[:2]))
         jax = importlib.metadata.version("jax")
         raise pytest.skip.Exception(
-            f"{where} needs {top}, which the core-only environment (Python {python}, jax {jax}, "
-            "`make test-next`) does not install; `make test` runs it",
+            f"{where} needs {top}, which the second test environment (Python {python}, "
+            f"jax {jax}, `make test-next`) does not install; `make test` runs it",
             allow_module_level=True,
         )
 
 
 def install_skip_finder() -> None:
-    sys.meta_path.append(_SkipWhatTheCoreEnvironmentLacks())
+    sys.meta_path.append(_SkipWhatTheNextEnvironmentLacks())
 
 
 def _selected(nodeid: str, entry: str) -> bool:
@@ -156,8 +147,8 @@ def apply_selection(config: pytest.Config, items: list[pytest.Item]) -> None:
 
     if stale := [e for e in SELECTION if is_stale(e)]:
         raise pytest.UsageError(
-            "--core-selection: these entries of SELECTION (tests/helpers/core_only.py) match "
-            f"no test; a test was renamed or removed, update them: {stale}"
+            "--core-selection: these entries of SELECTION (tests/helpers/next_environment.py) "
+            f"match no test; a test was renamed or removed, update them: {stale}"
         )
     keep = [i for i in items if any(_selected(i.nodeid, e) for e in SELECTION)]
     kept = {id(i) for i in keep}
