@@ -27,6 +27,7 @@ FLAG = "T5X_INSTRUCT_NEXT_ENVIRONMENT"  # "1": the missing packages below skip, 
 # PyPI's torch for this Python is a multi-GB CUDA build; transformers' models need torch.
 NOT_INSTALLED = frozenset(("torch", "transformers"))
 REPO = Path(__file__).resolve().parents[2]
+ENVIRONMENT = Path(sys.prefix).resolve()  # the virtual environment, which may sit in REPO
 
 # Node ids or their prefixes up to "::" (a file) or "[" (every parametrization of a test). An
 # entry that matches no collected test is an error, so a rename cannot empty the selection.
@@ -97,7 +98,7 @@ def _repo_frames() -> Iterator[tuple[Path, int]]:
             frame = frame.f_back
             continue
         path = Path(name).resolve()
-        if not path.is_relative_to(REPO):
+        if not path.is_relative_to(REPO) or path.is_relative_to(ENVIRONMENT):
             return  # the import is a library's own (e.g. a probe for an optional package)
         yield path.relative_to(REPO), frame.f_lineno
         frame = frame.f_back
