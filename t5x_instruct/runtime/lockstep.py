@@ -60,6 +60,19 @@ class CompiledTogether:
         return compiled(*args)
 
 
+def processes_where(flag: bool) -> list[int]:
+    """The indices of the processes on which ``flag`` holds: one all-gather, which every
+    process must reach (one process: no collective)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return [0] if flag else []
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray(int(flag), np.int32))
+    return [index for index, value in enumerate(np.ravel(flags)) if value]
+
+
 def write_together(what: str, write: Callable[[], T] | None) -> T | None:
     """``write()`` here (``None``: this process writes nothing, e.g. not process 0); every
     process raises if the write failed on any of them. Every process calls this at the same
@@ -79,12 +92,7 @@ def write_together(what: str, write: Callable[[], T] | None) -> T | None:
         result = write() if write is not None else None
     except OSError as err:
         error = err
-    failed: list[int] = []
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        flags = multihost_utils.process_allgather(np.asarray(int(error is not None), np.int32))
-        failed = [index for index, flag in enumerate(np.ravel(flags)) if flag]
+    failed = processes_where(error is not None)
     if error is not None:
         raise error
     if failed:

@@ -25,7 +25,7 @@ import logging
 import signal
 from typing import Any
 
-import numpy as np
+from t5x_instruct.runtime import lockstep
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,7 @@ class PreemptionGuard:
 
             stop = bool(multihost_utils.reached_preemption_sync_point(step))
         elif self._mode == "allgather":
-            from jax.experimental import multihost_utils
-
-            flags = multihost_utils.process_allgather(np.asarray(int(self.requested), np.int32))
-            stop = bool(np.max(flags))
+            stop = bool(lockstep.processes_where(self.requested))
         else:
             stop = self.requested
         if stop:

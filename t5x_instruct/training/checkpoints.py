@@ -40,7 +40,7 @@ import orbax.checkpoint as ocp
 from t5x_instruct.errors import StorageError, UserInputError, storage_reason
 from t5x_instruct.errors import exception_chain as _chain
 from t5x_instruct.errors import first_line as _first_line
-from t5x_instruct.runtime import paths
+from t5x_instruct.runtime import lockstep, paths
 from t5x_instruct.training.train_state import Params, TrainState
 
 log = logging.getLogger(__name__)
@@ -257,11 +257,7 @@ class Checkpointer:
 
 def any_process(flag: bool) -> bool:
     """Whether ``flag`` holds on any process (every process must call this)."""
-    if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+    return bool(lockstep.processes_where(flag))
 
 
 def _sync_processes(name: str) -> None:
